@@ -1,0 +1,377 @@
+"""The local executor: runs a Graph against a module by binding its nodes to torch hooks.
+
+Each invoke is a cursor over its nodes in program order. Nodes run as soon as their inputs
+exist; a node that reads or writes a hook site waits for that site's hook. At each hook the
+invokes take their turns in the order they were written, each seeing only its rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+
+from ..ir import HOOKED, Const, Graph, Node, Op, Ref, refs
+from ..ir.errors import ExecutionError, ModuleNotCalledError, OutOfOrderError
+from ..ir.functions import resolve
+from .batching import merge, narrow
+
+INPUT = "input"
+OUTPUT = "output"
+RESULT = "result"
+Site = tuple[str, str]  # (module path, hook kind): ("layer1", "output"), ("", "result")
+
+
+def parse_target(target: str) -> tuple[Site, str]:
+    """Split "h.0.inputs" into its site ("h.0", "input") and what it projects ("inputs")."""
+    if target == RESULT:
+        return ("", RESULT), RESULT
+    path, _, kind = target.rpartition(".")
+    return (path, INPUT if kind in ("input", "inputs") else OUTPUT), kind
+
+
+@dataclass
+class Plan:
+    """What a graph needs from the model: its hook sites and, per invoke, its nodes."""
+
+    graph: Graph
+    sites: dict[int, tuple[Site, str]] = field(default_factory=dict)
+    modules: dict[str, set[str]] = field(default_factory=dict)
+    invoke_nodes: list[list[Node]] = field(default_factory=list)
+    tail_nodes: list[Node] = field(default_factory=list)
+    uses: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, graph: Graph) -> Plan:
+        """Group the nodes by invoke, find the hook sites and count each value's uses."""
+        plan = cls(graph, invoke_nodes=[[] for _ in graph.invokes])
+        for node in graph.nodes:
+            if node.op in HOOKED:
+                site, kind = parse_target(node.target)
+                plan.sites[node.id] = (site, kind)
+                if site[1] != RESULT:
+                    plan.modules.setdefault(site[0], set()).add(site[1])
+            for ref in refs((node.args, node.kwargs)):
+                plan.uses[ref.id] = plan.uses.get(ref.id, 0) + 1
+            if node.invoke < 0:
+                plan.tail_nodes.append(node)
+            else:
+                plan.invoke_nodes[node.invoke].append(node)
+        return plan
+
+    def module_paths(self) -> list[str]:
+        """The module paths that need a hook, in first-use order."""
+        return list(self.modules)
+
+
+class SiteValue:
+    """The value at one hook firing, shared by the invokes that take their turns on it."""
+
+    __slots__ = ("full", "kind")
+
+    def __init__(self, full: Any, kind: str) -> None:
+        self.full = full
+        self.kind = kind
+
+
+@dataclass
+class Cursor:
+    """One invoke's position in its nodes, and the batch rows it owns."""
+
+    nodes: list[Node]
+    start: int
+    stop: int | None
+    position: int = 0
+    last_hooked: Node | None = None
+    waiting_for: Ref | None = None  # a value from another invoke that does not exist yet
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.nodes)
+
+
+class Run:
+    """Run-time state of one execution: values, saves, hook counts, cursors."""
+
+    def __init__(self, plan: Plan, total_rows: int, debug: bool) -> None:
+        self.plan = plan
+        self.graph = plan.graph
+        self.total = total_rows
+        self.debug = debug
+        self.env: dict[int, Any] = {}
+        self.saved: dict[int, Any] = {}
+        self.remaining = dict(plan.uses)
+        self.fired: dict[Site, int] = {}
+        self.cursors = [
+            Cursor(nodes, invoke.start, invoke.stop)
+            for nodes, invoke in zip(plan.invoke_nodes, self.graph.invokes)
+        ]
+
+    # hooks -------------------------------------------------------------------------------
+
+    def fire(self, site: Site, value: Any) -> Any:
+        """A hook site was reached: let every invoke take its turn, return the final value."""
+        step = self.fired.get(site, 0)
+        self.fired[site] = step + 1
+        box = SiteValue(value, site[1])
+        for cursor in self.cursors:
+            if not cursor.done:
+                self.advance(cursor, site, step, box)
+        return box.full
+
+    def pre_hook(self, path: str, module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
+        value = (args, kwargs)
+        new = self.fire((path, INPUT), value)
+        return None if new is value else new
+
+    def post_hook(self, path: str, module: torch.nn.Module, args: Any, output: Any) -> Any:
+        new = self.fire((path, OUTPUT), output)
+        return None if new is output else new
+
+    # cursors -----------------------------------------------------------------------------
+
+    def advance(self, cursor: Cursor, site: Site | None, step: int, box: SiteValue | None) -> None:
+        """Run the cursor's nodes until one waits for a hook other than this one."""
+        nodes = cursor.nodes
+        while cursor.position < len(nodes):
+            node = nodes[cursor.position]
+            if node.op in HOOKED:
+                node_site, kind = self.plan.sites[node.id]
+                if node_site != site or node.step != step or box is None:
+                    self.check_not_passed(cursor, node, node_site)
+                    return
+                self.run_hooked(cursor, node, kind, box)
+                cursor.last_hooked = node
+            else:
+                try:
+                    self.run_node(node)
+                except _Missing as missing:
+                    cursor.waiting_for = missing.ref
+                    return
+                cursor.waiting_for = None
+            cursor.position += 1
+
+    def check_not_passed(self, cursor: Cursor, node: Node, site: Site) -> None:
+        """Raise OutOfOrderError when the site this node waits for has already fired."""
+        if self.fired.get(site, 0) <= node.step:
+            return
+        previous = cursor.last_hooked
+        after = (
+            f" after reading {_describe(previous.target)} at {previous.loc}"
+            if previous is not None
+            else ""
+        )
+        raise OutOfOrderError(
+            f"{_describe(node.target)} was requested at {node.loc}{after}, but that module had "
+            "already run in this forward pass. Access modules in the order the model calls "
+            "them (for example layer 0 before layer 5), or use a separate invoke."
+        )
+
+    def finish(self) -> None:
+        """After the model returned: run what is left, and fail on nodes still waiting."""
+        for cursor in self.cursors:
+            self.advance(cursor, None, 0, None)
+            if cursor.waiting_for is not None:
+                node = cursor.nodes[cursor.position]
+                raise _with_location(self.missing(cursor.waiting_for), node, self.debug)
+            if not cursor.done:
+                node = cursor.nodes[cursor.position]
+                site, _ = self.plan.sites[node.id]
+                count = self.fired.get(site, 0)
+                raise ModuleNotCalledError(
+                    f"{_describe(node.target)} requested at {node.loc} was never reached: the "
+                    f"module ran {count} time(s) in this run and step {node.step} was asked "
+                    "for. Check the module path, the inputs, and any early stop."
+                )
+        for node in self.plan.tail_nodes:
+            self.run_node(node)
+
+    # nodes -------------------------------------------------------------------------------
+
+    def run_hooked(self, cursor: Cursor, node: Node, kind: str, box: SiteValue) -> None:
+        """READ or WRITE at the site this hook is firing for, on this invoke's rows."""
+        stop = cursor.stop
+        whole = stop is None or (cursor.start == 0 and stop == self.total)
+        try:
+            if node.op is Op.READ:
+                value = _project(box.full, kind)
+                if stop is not None and not whole:
+                    value = narrow(value, cursor.start, stop, self.total)
+                self.store(node, value)
+                return
+            new = self.value(node.args[0])
+            if stop is not None and not whole:
+                new = merge(_project(box.full, kind), new, cursor.start, stop, self.total)
+            box.full = _inject(box.full, kind, new)
+        except _Missing as missing:
+            raise _with_location(self.missing(missing.ref), node, self.debug) from None
+        except Exception as error:
+            raise _with_location(error, node, self.debug)
+        finally:
+            self.release(node)
+
+    def run_node(self, node: Node) -> None:
+        """Run one node that needs no hook."""
+        args = self.value(node.args)
+        kwargs = self.value(node.kwargs) if node.kwargs else {}
+        try:
+            match node.op:
+                case Op.CALL:
+                    result = resolve(node.target)(*args, **kwargs)
+                case Op.METHOD:
+                    result = getattr(args[0], node.target)(*args[1:], **kwargs)
+                case Op.GETATTR:
+                    result = getattr(args[0], node.target)
+                case Op.GETITEM:
+                    result = args[0][args[1]]
+                case Op.SETITEM:
+                    args[0][args[1]] = args[2]
+                    result = None
+                case Op.SAVE:
+                    self.saved[node.args[0].id] = args[0]
+                    result = None
+                case _:
+                    raise ExecutionError(f"the local executor cannot run {node}")
+        except Exception as error:
+            raise _with_location(error, node, self.debug)
+        self.store(node, result)
+        self.release(node)
+
+    def store(self, node: Node, value: Any) -> None:
+        if self.remaining.get(node.id, 0) > 0:
+            self.env[node.id] = value
+
+    def release(self, node: Node) -> None:
+        """Free each input of `node` at its last use."""
+        for ref in refs((node.args, node.kwargs)):
+            left = self.remaining[ref.id] - 1
+            self.remaining[ref.id] = left
+            if left == 0:
+                self.env.pop(ref.id, None)
+
+    def value(self, arg: Any) -> Any:
+        """The run-time value of an argument: Refs and Consts replaced, containers rebuilt."""
+        if isinstance(arg, Ref):
+            try:
+                return self.env[arg.id]
+            except KeyError:
+                raise _Missing(arg) from None
+        if isinstance(arg, Const):
+            return self.graph.constants[arg.index]
+        if isinstance(arg, tuple):
+            return tuple(self.value(a) for a in arg)
+        if isinstance(arg, list):
+            return [self.value(a) for a in arg]
+        if isinstance(arg, dict):
+            return {k: self.value(v) for k, v in arg.items()}
+        if isinstance(arg, slice):
+            return slice(self.value(arg.start), self.value(arg.stop), self.value(arg.step))
+        return arg
+
+    def missing(self, ref: Ref) -> ExecutionError:
+        source = self.graph.node(ref.id)
+        return ExecutionError(
+            f"the value %{ref.id} from {source.loc} (invoke {source.invoke}) is not available "
+            "yet: invokes take their turns at each module in the order they were written, so a "
+            "value read in an earlier invoke at a later module does not exist here yet."
+        )
+
+
+class _Missing(Exception):
+    """A node's input does not exist yet; the cursor waits for it."""
+
+    def __init__(self, ref: Ref) -> None:
+        self.ref = ref
+
+
+def _project(full: Any, kind: str) -> Any:
+    """What a READ of `kind` sees of the site's value."""
+    if kind == "input":
+        args, kwargs = full
+        if args:
+            return args[0]
+        if kwargs:
+            return next(iter(kwargs.values()))
+        raise ExecutionError("the module was called without arguments, so it has no .input")
+    return full
+
+
+def _inject(full: Any, kind: str, new: Any) -> Any:
+    """The site's value after a WRITE of `kind` set it to `new`."""
+    if kind == "input":
+        args, kwargs = full
+        if args:
+            return ((new, *args[1:]), kwargs)
+        first = next(iter(kwargs))
+        return (args, {**kwargs, first: new})
+    if kind == "inputs":
+        if not (isinstance(new, tuple) and len(new) == 2 and isinstance(new[1], dict)):
+            raise ExecutionError("set .inputs to a pair (args_tuple, kwargs_dict)")
+        return (tuple(new[0]), new[1])
+    return new
+
+
+def _describe(target: str) -> str:
+    return "tracer.result()" if target == RESULT else f"model.{target}"
+
+
+def _with_location(error: Exception, node: Node, debug: bool) -> Exception:
+    """Add the user's file:line to an error raised by a node (once), keeping its type."""
+    if getattr(error, "_nnsight_located", False) or node.loc is None:
+        return error
+    if debug:
+        import linecache
+
+        text = linecache.getline(node.loc.file, node.loc.line).strip()
+        error.add_note(f"  in the intervention code at {node.loc}: {text}\n  graph node: {node}")
+    else:
+        error.add_note(f"  at {node.loc}")
+    error._nnsight_located = True  # type: ignore[attr-defined]
+    return error
+
+
+@contextmanager
+def installed_hooks(root: torch.nn.Module, run: Run) -> Iterator[None]:
+    """Register the plan's hooks on the modules that need them; remove them all on exit."""
+    handles = []
+    try:
+        for path, kinds in run.plan.modules.items():
+            module = root.get_submodule(path)
+            if INPUT in kinds:
+                hook = partial(run.pre_hook, path)
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            if OUTPUT in kinds:
+                handles.append(module.register_forward_hook(partial(run.post_hook, path)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def execute(
+    graph: Graph,
+    root: torch.nn.Module,
+    call: Callable[[], Any],
+    total_rows: int,
+    debug: bool = True,
+) -> dict[int, Any]:
+    """Run `call()` (which runs `root`) with the graph's interventions; return saved values.
+
+    The result maps the id of each saved node to its value after the run.
+    """
+    plan = Plan.build(graph)
+    run = Run(plan, total_rows, debug)
+    with installed_hooks(root, run):
+        for cursor in run.cursors:
+            run.advance(cursor, None, 0, None)
+        result = call()
+        run.fire(("", RESULT), result)
+        run.finish()
+    return run.saved
+
+
+__all__ = ["Plan", "Run", "execute", "parse_target"]

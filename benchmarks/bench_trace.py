@@ -1,0 +1,442 @@
+"""Per-trace overhead benchmark: nnsight_graph vs the `nnsight` package vs plain torch.
+
+For each case this measures, in one process per library, the median per-iteration time of:
+
+1. ``raw``: the plain forward pass under ``torch.no_grad()``;
+2. ``floor``: the same forward with one plain torch forward hook per saved module that keeps a
+   reference to the module output, registered and removed every iteration like a trace would;
+3. ``trace``: ``with model.trace(x): ... .save()`` through ``NNsight(model)``;
+4. ``wrapped raw``: a plain forward of the net that ``NNsight`` wrapped (for information).
+
+Raw and floor run on an unwrapped net; ``NNsight`` wraps a deep copy with the same weights,
+because wrapping may patch the modules (nnsight 0.8.1 replaces every module's ``forward``).
+The trace's saved values are checked against the floor's hook outputs before timing.
+The per-trace overhead is trace minus raw, each library against its own process's raw.
+
+The default run measures ``nnsight_graph`` (imported as ``nnsight``) in this process, then runs
+this same script with ``--library nnsight`` under the python of the venv named by
+``$NNSIGHT_VENV`` (default ``/opt/nnsight-venv``) to measure the reference package, and prints
+the comparison. Both models have frozen parameters, so grad mode does not change the work done.
+
+Usage: ``python benchmarks/bench_trace.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VENV = "/opt/nnsight-venv"
+GPT2_LAYERS = 12
+ROUNDS = 5  # timing rounds; the columns are interleaved round by round
+OVERHEAD_TARGET = 0.5  # walkthrough-net: our overhead <= half of nnsight's
+FLOOR_TARGET = 1.10  # gpt2-12x64: our trace <= 1.10x the hook floor
+TARGETS = {  # case -> (comparison key, limit, description)
+    "walkthrough-net": ("overhead_ours_over_nnsight", OVERHEAD_TARGET, "overhead/nnsight's"),
+    "gpt2-12x64": ("ours_over_floor", FLOOR_TARGET, "trace/floor"),
+}
+
+
+@dataclass
+class Case:
+    """A model, its input, the modules whose outputs a trace saves, and the trace body."""
+
+    name: str
+    net: torch.nn.Module
+    x: torch.Tensor
+    saved: list[torch.nn.Module]
+    trace: Callable[[Any, torch.Tensor], list[Any]]
+    iters: int
+
+
+@dataclass
+class CaseResult:
+    """Median per-iteration times in microseconds; ``trace_error`` set when tracing failed.
+
+    ``raw_us`` and ``floor_us`` run on the unwrapped net; ``wrapped_raw_us`` is a plain forward
+    of the copy that ``NNsight`` wraps (nnsight patches every module's ``forward``).
+    """
+
+    iters: int
+    raw_us: float
+    floor_us: float
+    wrapped_raw_us: float | None = None
+    trace_us: float | None = None
+    trace_error: str | None = None
+
+
+@dataclass
+class RunResult:
+    """Everything one process measured."""
+
+    library: str
+    versions: dict[str, str]
+    cases: dict[str, CaseResult] = field(default_factory=dict)
+    import_error: str | None = None
+
+
+# --------------------------------------------------------------------------- trace bodies
+# nnsight captures the source of the `with` block, so these must live in a real file.
+
+
+def trace_walkthrough(model: Any, x: torch.Tensor) -> list[Any]:
+    """The walkthrough trace: save the last layer's output."""
+    with model.trace(x):
+        out = model.layer2.output.save()
+    return [out]
+
+
+def trace_gpt2(model: Any, x: torch.Tensor) -> list[Any]:
+    """Save every transformer block's output."""
+    outs = []
+    with model.trace(x):
+        for i in range(GPT2_LAYERS):
+            outs.append(model.transformer.h[i].output.save())
+    return outs
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def walkthrough_case(iters: int) -> Case:
+    """The 2-layer net (5 -> 10 -> 2) from the nnsight walkthrough."""
+    torch.manual_seed(0)
+    layers = OrderedDict([("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))])
+    net = torch.nn.Sequential(layers).requires_grad_(False)
+    return Case("walkthrough-net", net, torch.rand(1, 5), [net.layer2], trace_walkthrough, iters)
+
+
+def gpt2_case(iters: int) -> Case:
+    """A randomly initialised 12-layer, 64-wide GPT-2 on 64 token ids."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=GPT2_LAYERS, n_embd=64, n_head=4)
+    net = transformers.GPT2LMHeadModel(config).eval().requires_grad_(False)
+    ids = torch.randint(0, config.vocab_size, (1, 64))
+    saved = [net.transformer.h[i] for i in range(GPT2_LAYERS)]
+    return Case("gpt2-12x64", net, ids, saved, trace_gpt2, iters)
+
+
+def build_cases(quick: bool) -> tuple[list[Case], dict[str, str]]:
+    """The benchmark cases; a case that cannot be built is reported by name -> error."""
+    scale = 10 if quick else 1
+    cases: list[Case] = [walkthrough_case(2000 // scale)]
+    errors: dict[str, str] = {}
+    try:
+        cases.append(gpt2_case(200 // scale))
+    except Exception as exc:  # noqa: BLE001 - e.g. transformers missing in that venv
+        errors["gpt2-12x64"] = f"{type(exc).__name__}: {exc}"
+    return cases, errors
+
+
+# --------------------------------------------------------------------------- timed bodies
+
+
+def raw_forward(net: torch.nn.Module, x: torch.Tensor) -> Any:
+    """The plain forward pass."""
+    with torch.no_grad():
+        return net(x)
+
+
+def hooked_forward(case: Case) -> list[Any]:
+    """The floor: one forward hook per saved module storing its output, removed afterwards."""
+    store: list[Any] = []
+
+    def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        store.append(output)
+
+    handles = [module.register_forward_hook(hook) for module in case.saved]
+    try:
+        with torch.no_grad():
+            case.net(case.x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return store
+
+
+def check_trace(case: Case, model: Any) -> str | None:
+    """Run the trace once and compare the saved values with the hook floor's."""
+    got = case.trace(model, case.x)
+    want = hooked_forward(case)
+    if len(got) != len(want):
+        return f"trace saved {len(got)} values, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        if not isinstance(g, torch.Tensor) or not torch.allclose(g, w, atol=1e-5):
+            return f"saved value {i} differs from the hooked output (got {type(g).__name__})"
+    return None
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def time_block(fn: Callable[[], Any], iters: int, samples: list[int]) -> None:
+    """Append the duration in ns of each of ``iters`` calls of ``fn`` to ``samples``."""
+    gc.collect()
+    clock = time.perf_counter_ns
+    for _ in range(iters):
+        start = clock()
+        fn()
+        samples.append(clock() - start)
+
+
+def measure(bodies: dict[str, Callable[[], Any]], iters: int) -> dict[str, float]:
+    """Warm up, then time the bodies interleaved over ``ROUNDS``; medians in microseconds."""
+    samples: dict[str, list[int]] = {name: [] for name in bodies}
+    for fn in bodies.values():
+        time_block(fn, max(iters // 10, 2), [])
+    per_round = max(iters // ROUNDS, 1)
+    for _ in range(ROUNDS):
+        for name, fn in bodies.items():
+            time_block(fn, per_round, samples[name])
+    return {name: statistics.median(ns) / 1e3 for name, ns in samples.items()}
+
+
+def traced_bodies(case: Case, lib: ModuleType) -> tuple[dict[str, Callable[[], Any]], str | None]:
+    """Wrap a copy of the net (the library may patch the modules it wraps) and check it."""
+    net = copy.deepcopy(case.net)
+    try:
+        model = lib.NNsight(net)
+        error = check_trace(case, model)
+    except Exception as exc:  # noqa: BLE001 - report, keep benchmarking the rest
+        return {}, f"{type(exc).__name__}: {exc}"
+    if error is not None:
+        return {}, error
+    return {
+        "wrapped_raw": lambda: raw_forward(net, case.x),
+        "trace": lambda: case.trace(model, case.x),
+    }, None
+
+
+def run_case(case: Case, lib: ModuleType | None, import_error: str | None) -> CaseResult:
+    """Measure raw, floor and (when the library works on this case) the trace."""
+    bodies: dict[str, Callable[[], Any]] = {
+        "raw": lambda: raw_forward(case.net, case.x),
+        "floor": lambda: hooked_forward(case),
+    }
+    error = import_error
+    if lib is not None:
+        extra, error = traced_bodies(case, lib)
+        bodies.update(extra)
+    med = measure(bodies, case.iters)
+    return CaseResult(
+        case.iters, med["raw"], med["floor"], med.get("wrapped_raw"), med.get("trace"), error
+    )
+
+
+# --------------------------------------------------------------------------- libraries
+
+
+def import_library(name: str) -> tuple[ModuleType | None, str | None]:
+    """Import the traced library; for nnsight_graph fall back to the repo checkout."""
+    try:
+        return __import__(name), None
+    except ModuleNotFoundError as exc:
+        if name != "nnsight_graph" or exc.name != name:
+            return None, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a half-written package may raise anything
+        return None, f"{type(exc).__name__}: {exc}"
+    sys.path.append(str(REPO_ROOT))
+    try:
+        lib = __import__(name)
+    except Exception as exc:  # noqa: BLE001
+        return None, f"{type(exc).__name__}: {exc}"
+    if not hasattr(lib, "NNsight"):
+        where = ", ".join(getattr(lib, "__path__", [])) or "?"
+        return None, f"package at {where} has no NNsight (no __init__.py yet?)"
+    return lib, None
+
+
+def versions(lib: ModuleType | None) -> dict[str, str]:
+    """Versions of python, torch, transformers and the traced library."""
+    found = {"python": sys.version.split()[0], "torch": torch.__version__}
+    try:
+        import transformers
+
+        found["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if lib is not None:
+        found[lib.__name__] = str(getattr(lib, "__version__", "unknown"))
+    return found
+
+
+def run_library(name: str, quick: bool) -> RunResult:
+    """Measure every case with ``name`` as the traced library, in this process."""
+    torch.set_num_threads(1)
+    lib, import_error = import_library(name)
+    if import_error is not None:
+        import_error = f"{name} not importable: {import_error}"
+    result = RunResult(name, versions(lib), import_error=import_error)
+    cases, errors = build_cases(quick)
+    for case in cases:
+        result.cases[case.name] = run_case(case, lib, import_error)
+    for case_name, error in errors.items():
+        print(f"note: case {case_name} skipped: {error}", file=sys.stderr)
+    return result
+
+
+def run_nnsight_subprocess(quick: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """Run this script with ``--library nnsight`` in the nnsight venv; (results, note)."""
+    venv = Path(os.environ.get("NNSIGHT_VENV", DEFAULT_VENV))
+    python = venv / "bin" / "python"
+    if not python.exists():
+        return None, f"nnsight column skipped: no venv python at {python} (set NNSIGHT_VENV)"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "nnsight.json"
+        cmd = [str(python), __file__, "--library", "nnsight", "--json", str(out), "--quiet"]
+        cmd += ["--quick"] if quick else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not out.exists():
+            tail = proc.stderr.strip().splitlines()[-3:]
+            return None, f"nnsight column skipped: subprocess failed: {' | '.join(tail)}"
+        data: dict[str, Any] = json.loads(out.read_text())
+    if data.get("import_error"):
+        return None, f"nnsight column skipped: {data['import_error']}"
+    return data, None
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def fmt(value: float | None) -> str:
+    """Format a time in microseconds, or 'n/a' when missing."""
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    """num / den, or None when either is missing or den is not positive."""
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+def compare_case(ours: dict[str, Any], ref: dict[str, Any] | None) -> dict[str, Any]:
+    """Ratios and overheads for one case (``ref`` is nnsight's result or None)."""
+    trace = ours["trace_us"]
+    ref_trace = ref["trace_us"] if ref else None
+    over = trace - ours["raw_us"] if trace is not None else None
+    ref_over = ref_trace - ref["raw_us"] if ref and ref_trace is not None else None
+    return {
+        "ours_over_floor": ratio(trace, ours["floor_us"]),
+        "ours_over_nnsight": ratio(trace, ref_trace),
+        "nnsight_over_floor": ratio(ref_trace, ref["floor_us"]) if ref else None,
+        "ours_overhead_us": over,
+        "nnsight_overhead_us": ref_over,
+        "overhead_ours_over_nnsight": ratio(over, ref_over),
+    }
+
+
+def target_line(case: str, cmp: dict[str, Any]) -> str | None:
+    """The issue's PASS/FAIL line for a case, if it has a target."""
+    if case not in TARGETS:
+        return None
+    key, limit, what = TARGETS[case]
+    value = cmp[key]
+    verdict = "N/A" if value is None else ("PASS" if value <= limit else "FAIL")
+    shown = "n/a" if value is None else f"{value:.3f}"
+    return f"  target {case}: our {what} <= {limit:.2f}: measured {shown} -> {verdict}"
+
+
+def print_case(
+    name: str, library: str, ours: dict[str, Any], ref: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Print one case's table (``library`` ran ``ours``) and return its comparison."""
+    cmp = compare_case(ours, ref)
+    get = (lambda key: ref[key]) if ref else (lambda key: None)
+    print(f"\n== {name} ({ours['iters']} iterations, median per iteration) ==")
+    print(f"  {'':24}{library + ' proc':>20}{'nnsight proc':>16}")
+    for label, key in (("raw forward", "raw_us"), ("floor (torch hooks)", "floor_us")):
+        print(f"  {label + ' [us]':24}{fmt(ours[key]):>20}{fmt(get(key)):>16}")
+    wrapped = "raw forward, wrapped [us]"
+    print(f"  {wrapped:24}{fmt(ours['wrapped_raw_us']):>20}{fmt(get('wrapped_raw_us')):>16}")
+    print(f"  {'trace [us]':24}{fmt(ours['trace_us']):>20}{fmt(get('trace_us')):>16}")
+    over, ref_over = cmp["ours_overhead_us"], cmp["nnsight_overhead_us"]
+    print(f"  {'trace - raw [us]':24}{fmt(over):>20}{fmt(ref_over):>16}")
+    print(
+        f"  {'trace / floor':24}{fmt2(cmp['ours_over_floor']):>20}"
+        f"{fmt2(cmp['nnsight_over_floor']):>16}"
+    )
+    print(
+        f"  ours/nnsight trace: {fmt2(cmp['ours_over_nnsight'])}, "
+        f"overhead ours/nnsight: {fmt2(cmp['overhead_ours_over_nnsight'])}"
+    )
+    for label, res in ((library, ours), ("nnsight", ref)):
+        if res and res.get("trace_error"):
+            print(f"  {label} trace: {res['trace_error']}")
+    line = target_line(name, cmp)
+    if line:
+        print(line)
+    return cmp
+
+
+def fmt2(value: float | None) -> str:
+    """Format a ratio."""
+    return "n/a" if value is None else f"{value:.3f}x"
+
+
+def report(ours: dict[str, Any], ref: dict[str, Any] | None, note: str | None) -> dict[str, Any]:
+    """Print every case and return the combined JSON document."""
+    print(f"versions (this process): {ours['versions']}")
+    if ref:
+        print(f"versions (nnsight venv): {ref['versions']}")
+    if note:
+        print(note)
+    comparison = {}
+    for name, case in ours["cases"].items():
+        ref_case = ref["cases"].get(name) if ref else None
+        comparison[name] = print_case(name, ours["library"], case, ref_case)
+    return {"nnsight_graph": ours, "nnsight": ref, "nnsight_note": note, "comparison": comparison}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10x fewer iterations")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--library",
+        choices=("nnsight_graph", "nnsight"),
+        default="nnsight_graph",
+        help="nnsight: measure only the nnsight package, in this process",
+    )
+    parser.add_argument("--quiet", action="store_true", help="with --library nnsight: no table")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; always returns 0 (targets are reported, not enforced)."""
+    args = parse_args(argv)
+    ours = asdict(run_library(args.library, args.quick))
+    if args.library == "nnsight":
+        doc: dict[str, Any] = ours
+        if not args.quiet:
+            report(ours, None, None)
+    else:
+        ref, note = run_nnsight_subprocess(args.quick)
+        doc = report(ours, ref, note)
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

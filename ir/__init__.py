@@ -1,0 +1,43 @@
+"""The intervention graph: nodes, opcodes, source locations and the Graph container.
+
+This package imports nothing else of nnsight_graph; everything else depends on it.
+"""
+
+from .errors import (
+    BatchError,
+    BatchIndexError,
+    ExecutionError,
+    GraphBuildError,
+    ModuleNotCalledError,
+    NNsightError,
+    OutOfOrderError,
+    TraceCaptureError,
+    UnsavedValueError,
+    ValidationError,
+)
+from .graph import Graph, Invoke
+from .node import Const, Node, Ref, SourceLoc, refs
+from .ops import EFFECTFUL, HOOKED, Op
+
+__all__ = [
+    "EFFECTFUL",
+    "HOOKED",
+    "BatchError",
+    "BatchIndexError",
+    "Const",
+    "ExecutionError",
+    "Graph",
+    "GraphBuildError",
+    "Invoke",
+    "ModuleNotCalledError",
+    "NNsightError",
+    "Node",
+    "Op",
+    "OutOfOrderError",
+    "Ref",
+    "SourceLoc",
+    "TraceCaptureError",
+    "UnsavedValueError",
+    "ValidationError",
+    "refs",
+]

@@ -1,0 +1,43 @@
+"""The exception hierarchy shared by the API, the passes and the backends."""
+
+from __future__ import annotations
+
+
+class NNsightError(Exception):
+    """Base class of every error nnsight_graph raises on its own account."""
+
+
+class TraceCaptureError(NNsightError):
+    """The body of a `with model.trace(...)` block could not be captured from source."""
+
+
+class GraphBuildError(NNsightError):
+    """Code inside a trace did something that cannot be recorded as a graph node."""
+
+
+class ValidationError(NNsightError):
+    """A pass found the graph invalid before the model ran."""
+
+
+class OutOfOrderError(ValidationError):
+    """A module was read after it had already run in this invoke and step."""
+
+
+class BatchError(ValidationError):
+    """An invoke's inputs or values do not fit the batch (rows, sizes, shapes)."""
+
+
+class ExecutionError(NNsightError):
+    """The graph could not be executed as written (for example a hook that never fired)."""
+
+
+class ModuleNotCalledError(ExecutionError):
+    """A node waited for a module call that never happened."""
+
+
+class UnsavedValueError(NNsightError):
+    """A value from inside a trace was used after it without `.save()`."""
+
+
+class BatchIndexError(BatchError, IndexError):
+    """An index into an invoke's value is outside the rows that invoke owns."""

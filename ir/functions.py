@@ -1,0 +1,85 @@
+"""Names for callables: a node's target is a qualified name, resolved back by import."""
+
+from __future__ import annotations
+
+import importlib
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from .errors import GraphBuildError
+
+_NAMES: dict[Any, str] = {}
+_RESOLVED: dict[str, Callable[..., Any]] = {}
+
+
+def qualified_name(func: Callable[..., Any]) -> str:
+    """The importable dotted name of `func` ("torch.argmax", "operator.add").
+
+    Raises GraphBuildError for callables that have no importable name (lambdas, locals).
+    """
+    try:
+        return _NAMES[func]
+    except (KeyError, TypeError):
+        pass
+    name = _find_name(func)
+    if name is None:
+        raise GraphBuildError(
+            f"cannot record a call to {func!r}: it has no importable name. Call it on saved "
+            "values after the trace, or use a module-level function."
+        )
+    try:
+        _NAMES[func] = name
+    except TypeError:
+        pass
+    return name
+
+
+def _find_name(func: Callable[..., Any]) -> str | None:
+    import torch  # ir stays importable without torch for tools that only read graphs
+
+    short = getattr(func, "__name__", None)
+    if short is None:
+        return None
+    for prefix, namespace in (
+        ("torch", torch),
+        ("torch.nn.functional", torch.nn.functional),
+        ("torch.linalg", torch.linalg),
+        ("torch.special", torch.special),
+        ("torch.fft", torch.fft),
+        ("operator", operator),
+    ):
+        if getattr(namespace, short, None) is func:
+            return f"{prefix}.{short}"
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if module and qualname and "<" not in qualname:
+        candidate = f"{module}.{qualname}"
+        try:
+            if resolve(candidate) is func:
+                return candidate
+        except GraphBuildError:
+            return None
+    return None
+
+
+def resolve(name: str) -> Callable[..., Any]:
+    """The callable a qualified name stands for (cached)."""
+    try:
+        return _RESOLVED[name]
+    except KeyError:
+        pass
+    parts = name.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[split:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        _RESOLVED[name] = obj
+        return obj
+    raise GraphBuildError(f"no importable function named {name!r}")

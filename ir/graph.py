@@ -1,0 +1,73 @@
+"""Graph: the nodes of one trace in program order, its constant table and its invokes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .node import Node, refs
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """One `tracer.invoke(...)`: its inputs and the rows of the batch it owns.
+
+    `stop` is None for a prompt-less invoke, which sees the whole batch.
+    """
+
+    index: int
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    start: int = 0
+    stop: int | None = None
+
+    @property
+    def rows(self) -> int | None:
+        """How many batch rows this invoke owns; None when it sees the whole batch."""
+        return None if self.stop is None else self.stop - self.start
+
+
+@dataclass(slots=True)
+class Graph:
+    """A list of Nodes in program order. Nodes refer to earlier nodes by id."""
+
+    nodes: list[Node] = field(default_factory=list)
+    constants: list[Any] = field(default_factory=list)
+    invokes: list[Invoke] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join(str(node) for node in self.nodes)
+
+    def __repr__(self) -> str:
+        return f"<Graph: {len(self.nodes)} nodes, {len(self.invokes)} invokes>\n{self}"
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.nodes)
+
+    def node(self, id: int) -> Node:
+        """The node with this id (ids are not positions once nodes were removed)."""
+        for node in self.nodes:
+            if node.id == id:
+                return node
+        raise KeyError(f"no node %{id} in the graph")
+
+    def keep(self, ids: Iterable[int]) -> Graph:
+        """A new graph with only the nodes whose id is in `ids`, same order."""
+        wanted = set(ids)
+        return replace(self, nodes=[n for n in self.nodes if n.id in wanted])
+
+    def with_nodes(self, nodes: list[Node]) -> Graph:
+        """A new graph with these nodes and the same constants and invokes."""
+        return replace(self, nodes=nodes)
+
+    def users(self) -> dict[int, list[int]]:
+        """For each node id, the ids of the nodes that use its value."""
+        result: dict[int, list[int]] = {node.id: [] for node in self.nodes}
+        for node in self.nodes:
+            for ref in refs((node.args, node.kwargs)):
+                result.setdefault(ref.id, []).append(node.id)
+        return result

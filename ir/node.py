@@ -1,0 +1,96 @@
+"""Node, the argument references it holds (Ref, Const) and SourceLoc."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ops import Op
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A reference to the value of an earlier node."""
+
+    id: int
+
+    def __repr__(self) -> str:
+        return f"%{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    """A reference to an entry of the graph's constant table (tensors and other objects)."""
+
+    index: int
+
+    def __repr__(self) -> str:
+        return f"$c{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLoc:
+    """Where in the user's code a node was created."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def short(self) -> str:
+        """`name.py:12`, the form used in printed graphs."""
+        return f"{self.file.rsplit('/', 1)[-1]}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One intervention step. Holds no tensors: constants live in the graph's table."""
+
+    id: int
+    op: Op
+    target: str = ""
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    invoke: int = 0
+    step: int = 0
+    loc: SourceLoc | None = None
+
+    def __str__(self) -> str:
+        parts = [_format(a) for a in self.args]
+        parts += [f"{k}={_format(v)}" for k, v in self.kwargs.items()]
+        call = f"{self.op.value} {self.target}".rstrip() + f"({', '.join(parts)})"
+        where = f"  # {self.loc.short()}" if self.loc else ""
+        step = f" @step{self.step}" if self.step else ""
+        return f"%{self.id} = {call}{step}{where}"
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, slice):
+        parts = ["" if x is None else _format(x) for x in (value.start, value.stop, value.step)]
+        text = ":".join(parts)
+        return text[:-1] if text.endswith(":") and value.step is None else text
+    if value is Ellipsis:
+        return "..."
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_format(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, list):
+        return "[" + ", ".join(_format(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_format(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def refs(value: Any) -> Iterator[Ref]:
+    """Every Ref inside an argument, however deeply nested in tuples, lists, dicts, slices."""
+    if isinstance(value, Ref):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from refs(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from refs(item)
+    elif isinstance(value, slice):
+        yield from refs((value.start, value.stop, value.step))

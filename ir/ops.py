@@ -1,0 +1,29 @@
+"""The closed set of opcodes a Node can have, and the op sets passes key on."""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+
+class Op(str, enum.Enum):
+    """What a node does. The value is the wire name: never rename or reuse one."""
+
+    READ = "read"  # value at a hook site; target = "layer1.output", "h.0.input", "result"
+    WRITE = "write"  # replace the value at a hook site with args[0]
+    CALL = "call"  # function by qualified name; target = "torch.argmax", "operator.add"
+    METHOD = "method"  # method call on args[0]; target = "clone"
+    GETATTR = "getattr"  # attribute of args[0]; target = "shape"
+    GETITEM = "getitem"  # args[0][args[1]]
+    SETITEM = "setitem"  # args[0][args[1]] = args[2], in place
+    SAVE = "save"  # keep the value of args[0] after the run
+
+    def __str__(self) -> str:
+        return self.value
+
+
+EFFECTFUL: Final = frozenset({Op.WRITE, Op.SETITEM, Op.SAVE})
+"""Ops that must run even when nothing uses their value."""
+
+HOOKED: Final = frozenset({Op.READ, Op.WRITE})
+"""Ops that run at a hook site and wait for it."""

@@ -1,0 +1,48 @@
+"""nnsight_graph: read, change and take gradients of any activation inside a PyTorch model.
+
+Code inside `with model.trace(...):` is recorded as a graph of intervention nodes, checked
+and optimized by passes, and run by a backend that binds the nodes to torch hooks.
+"""
+
+from .config import CONFIG
+from .envoy import Envoy
+from .ir import (
+    BatchError,
+    BatchIndexError,
+    ExecutionError,
+    GraphBuildError,
+    ModuleNotCalledError,
+    NNsightError,
+    OutOfOrderError,
+    TraceCaptureError,
+    UnsavedValueError,
+    ValidationError,
+)
+from .ir.graph import Graph
+from .model import NNsight
+from .proxy import Proxy
+from .saving import save
+from .tracer import Invoker, Tracer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONFIG",
+    "BatchError",
+    "BatchIndexError",
+    "Envoy",
+    "ExecutionError",
+    "Graph",
+    "GraphBuildError",
+    "Invoker",
+    "ModuleNotCalledError",
+    "NNsight",
+    "NNsightError",
+    "OutOfOrderError",
+    "Proxy",
+    "TraceCaptureError",
+    "Tracer",
+    "UnsavedValueError",
+    "ValidationError",
+    "save",
+]

@@ -1,0 +1,234 @@
+"""Capture the body of a `with model.trace(...):` block from source and compile it once.
+
+The body is not run inline: `skip_body` makes its first line raise `SkipBody`, the tracer's
+`__exit__` swallows it and runs the compiled body instead, as a function over the caller's
+variables. The compiled function is cached per code location.
+"""
+
+from __future__ import annotations
+
+import ast
+import linecache
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from .ir.errors import TraceCaptureError
+from .transform import transform_body
+
+BODY_NAME = "__nnsight_body__"
+NAMESPACE_ARG = "__nnsight_namespace__"
+
+
+class SkipBody(Exception):
+    """Raised at the first line of a captured `with` body so that it does not run inline."""
+
+
+@dataclass(frozen=True)
+class CapturedBody:
+    """The transformed body of one `with` statement, ready to compile for a set of names."""
+
+    file: str
+    line: int
+    body: list[ast.stmt]
+    loaded: frozenset[str]
+    stored: tuple[str, ...]
+    helpers: tuple[str, ...]
+    empty: bool  # only `pass`, `...` or strings: nothing runs, so nothing needs skipping
+
+
+@dataclass
+class _FileEntry:
+    lines: list[str]
+    tree: ast.Module
+
+
+_FILES: dict[str, _FileEntry] = {}
+_BODIES: dict[tuple[str, int], tuple[list[str], CapturedBody]] = {}
+_COMPILED: dict[tuple[str, int, tuple[str, ...]], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def find_body(frame: FrameType) -> CapturedBody:
+    """The captured body of the `with` statement the frame is entering (cached per location)."""
+    file = frame.f_code.co_filename
+    line = frame.f_lineno
+    lines = linecache.getlines(file, frame.f_globals)
+    if not lines:
+        raise TraceCaptureError(
+            f"cannot read the source of {file!r}: a trace needs the source of its `with` block "
+            "to build the graph. Put the code in a .py file or a notebook cell (python -c and "
+            "exec() of strings have no source to read)."
+        )
+    cached = _BODIES.get((file, line))
+    if cached is not None and (cached[0] is lines or cached[0] == lines):
+        return cached[1]
+    statement = _find_with(_parse(file, lines), line, file)
+    captured = _capture(statement, file)
+    _BODIES[(file, line)] = (lines, captured)
+    return captured
+
+
+def _parse(file: str, lines: list[str]) -> ast.Module:
+    entry = _FILES.get(file)
+    if entry is None or not (entry.lines is lines or entry.lines == lines):
+        try:
+            tree = ast.parse("".join(lines), filename=file)
+        except SyntaxError as error:
+            raise TraceCaptureError(f"cannot parse the source of {file!r}: {error}") from error
+        entry = _FileEntry(lines, tree)
+        _FILES[file] = entry
+    return entry.tree
+
+
+def _find_with(tree: ast.Module, line: int, file: str) -> ast.With:
+    """The innermost `with` statement whose header spans `line`."""
+    found: ast.With | None = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With) and node.lineno <= line:
+            header_end = node.body[0].lineno - 1 if node.body[0].lineno > node.lineno else line
+            if line <= max(header_end, node.lineno):
+                if found is None or node.lineno >= found.lineno:
+                    found = node
+    if found is None:
+        raise TraceCaptureError(
+            f"{file}:{line}: a trace must be entered with a `with` statement, for example "
+            "`with model.trace(input):`"
+        )
+    if found.body[0].lineno == found.lineno:
+        raise TraceCaptureError(
+            f"{file}:{line}: put the body of the `with` block on its own lines, below the "
+            "`with` line"
+        )
+    if len(found.items) > 1:
+        raise TraceCaptureError(
+            f"{file}:{line}: give the trace a `with` statement of its own (one context manager)"
+        )
+    return found
+
+
+def _capture(statement: ast.With, file: str) -> CapturedBody:
+    body, helpers = transform_body(statement.body)
+    loaded: set[str] = set()
+    stored: dict[str, None] = {}
+    for node in _walk_scope(body):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                loaded.add(node.id)
+            else:
+                stored.setdefault(node.id, None)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            stored.setdefault(node.name, None)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                stored.setdefault((alias.asname or alias.name).split(".")[0], None)
+    empty = all(
+        isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+        for s in statement.body
+    )
+    return CapturedBody(
+        file, statement.lineno, body, frozenset(loaded), tuple(stored), tuple(helpers), empty
+    )
+
+
+def _walk_scope(body: list[ast.stmt]) -> list[ast.AST]:
+    """Every node of the body's own scope: nested functions and classes are not entered."""
+    found: list[ast.AST] = []
+    stack: list[ast.AST] = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+    return found
+
+
+def compile_body(
+    captured: CapturedBody, preload: tuple[str, ...], frame_globals: dict[str, Any]
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function that runs the body with `preload` names taken from a namespace dict.
+
+    It returns the body's local variables when it ends.
+    """
+    key = (captured.file, captured.line, preload)
+    function = _COMPILED.get(key)
+    if function is not None and function.__globals__ is frame_globals:
+        return function
+    prologue = [
+        ast.parse(f"{name} = {NAMESPACE_ARG}[{name!r}]").body[0] for name in preload
+    ]
+    epilogue = ast.parse("return locals()").body[0]
+    for statement in (*prologue, epilogue):
+        for node in ast.walk(statement):
+            if hasattr(node, "lineno"):
+                node.lineno = node.end_lineno = captured.line  # type: ignore[attr-defined]
+                node.col_offset = node.end_col_offset = 0  # type: ignore[attr-defined]
+    arguments = ast.arguments(
+        posonlyargs=[],
+        args=[ast.arg(arg=NAMESPACE_ARG)],
+        kwonlyargs=[],
+        kw_defaults=[],
+        defaults=[],
+    )
+    extra: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
+    definition = ast.FunctionDef(
+        name=BODY_NAME,
+        args=arguments,
+        body=[*prologue, *captured.body, epilogue],
+        decorator_list=[],
+        returns=None,
+        lineno=captured.line,
+        col_offset=0,
+        end_lineno=max(getattr(s, "end_lineno", None) or s.lineno for s in captured.body),
+        end_col_offset=0,
+        **extra,
+    )
+    module = ast.Module(body=[definition], type_ignores=[])
+    ast.fix_missing_locations(module)
+    code = compile(module, captured.file, "exec")
+    namespace: dict[str, Any] = {}
+    exec(code, frame_globals, namespace)
+    function = namespace[BODY_NAME]
+    _COMPILED[key] = function
+    return function
+
+
+def preload_names(captured: CapturedBody, frame: FrameType) -> tuple[str, ...]:
+    """Which of the caller's variables the compiled body must receive as locals."""
+    names = set(captured.helpers)
+    if frame.f_locals is frame.f_globals:
+        # module level: the body's assignments must start from the module's current values
+        names.update(n for n in captured.stored if n in frame.f_globals)
+    else:
+        local = frame.f_locals
+        names.update(n for n in captured.loaded | set(captured.stored) if n in local)
+    return tuple(sorted(names))
+
+
+_previous_trace: list[Any] = []
+
+
+def skip_body(frame: FrameType) -> None:
+    """Make the next line executed in `frame` (the body's first) raise SkipBody."""
+    _previous_trace.append(sys.gettrace())
+    sys.settrace(_ignore_calls)
+    frame.f_trace = _raise_skip
+    frame.f_trace_lines = True
+
+
+def restore_tracing(frame: FrameType) -> None:
+    """Undo `skip_body`: put back the trace function that was active before."""
+    frame.f_trace = None
+    sys.settrace(_previous_trace.pop() if _previous_trace else None)
+
+
+def _ignore_calls(frame: FrameType, event: str, arg: Any) -> None:
+    return None
+
+
+def _raise_skip(frame: FrameType, event: str, arg: Any) -> Any:
+    if event == "line":
+        raise SkipBody()
+    return _raise_skip

@@ -1,0 +1,201 @@
+"""Recorder: builds the Graph while a trace body runs against Proxies."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc
+
+if TYPE_CHECKING:
+    from .proxy import Proxy
+
+_PRIMITIVES = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+
+
+def _package_dirs() -> tuple[str, ...]:
+    from . import backends, ir, passes
+
+    dirs = {os.path.dirname(module.__file__ or "") for module in (ir, passes, backends)}
+    dirs.add(os.path.dirname(__file__))
+    dirs.add(os.path.dirname(torch.__file__))
+    return tuple(d + os.sep for d in dirs)
+
+
+_INTERNAL: tuple[str, ...] = ()
+
+
+def user_location() -> SourceLoc | None:
+    """The file:line of the innermost frame outside nnsight_graph and torch."""
+    global _INTERNAL
+    if not _INTERNAL:
+        _INTERNAL = _package_dirs()
+    frame = sys._getframe(2)
+    while frame is not None:
+        file = frame.f_code.co_filename
+        if not file.startswith(_INTERNAL):
+            return SourceLoc(file, frame.f_lineno)
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+class Recorder:
+    """Appends Nodes for the operations a trace body performs on Proxies."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self.constants: list[Any] = []
+        self.invokes: list[Invoke] = []
+        self.invoke = -1
+        self.step = 0
+        self.saved_ids: set[int] = set()
+        self.saved_containers: list[Any] = []
+        self._constant_index: dict[int, int] = {}
+        self._rows = 0
+
+    # nodes --------------------------------------------------------------------------------
+
+    def add(self, op: Op, target: str = "", args: tuple[Any, ...] = (), **kwargs: Any) -> int:
+        """Append a node; return its id."""
+        node = Node(
+            id=len(self.nodes),
+            op=op,
+            target=target,
+            args=tuple(self.encode(a) for a in args),
+            kwargs={k: self.encode(v) for k, v in kwargs.items()},
+            invoke=self.invoke,
+            step=self.step,
+            loc=user_location(),
+        )
+        self.nodes.append(node)
+        return node.id
+
+    def proxy(self, op: Op, target: str = "", args: tuple[Any, ...] = (), **kwargs: Any) -> Proxy:
+        """Append a node and return a Proxy for its value."""
+        from .proxy import Proxy
+
+        return Proxy(self, self.add(op, target, args, **kwargs))
+
+    def encode(self, value: Any) -> Any:
+        """An argument as the graph stores it: Ref for Proxies, Const for objects."""
+        from .proxy import Proxy
+
+        if isinstance(value, _PRIMITIVES):
+            return value
+        if isinstance(value, Proxy):
+            if value._nn_recorder is not self:
+                raise GraphBuildError(
+                    "a value from another trace was used here; save it in that trace with "
+                    ".save() and use the saved value, or use model.session()"
+                )
+            return Ref(value._nn_node())
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return tuple(self.encode(v) for v in value)
+        if isinstance(value, list):
+            return [self.encode(v) for v in value]
+        if type(value) is dict:
+            return {k: self.encode(v) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(self.encode(value.start), self.encode(value.stop), self.encode(value.step))
+        from .envoy import Envoy
+
+        if isinstance(value, Envoy):
+            raise GraphBuildError(
+                f"a module wrapper ({value._path or 'the model'}) was used as a value; use its "
+                ".output or .input"
+            )
+        return self.constant(value)
+
+    def constant(self, value: Any) -> Const:
+        """Put an object in the constant table (once per object)."""
+        index = self._constant_index.get(id(value))
+        if index is None:
+            index = len(self.constants)
+            self.constants.append(value)
+            self._constant_index[id(value)] = index
+        return Const(index)
+
+    def save(self, proxy: Proxy) -> None:
+        """Keep the proxy's value after the run."""
+        node = proxy._nn_node()
+        if node not in self.saved_ids:
+            self.saved_ids.add(node)
+            self.add(Op.SAVE, "", (proxy,))
+
+    # invokes ------------------------------------------------------------------------------
+
+    def open_invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any], rows: int | None) -> int:
+        """Start recording into a new invoke that owns `rows` batch rows (None: all rows)."""
+        if self.invoke >= 0:
+            raise GraphBuildError(
+                "invokes cannot be nested: close one `with tracer.invoke(...)` block before "
+                "opening the next, and pass inputs either to trace() or to invoke(), not both"
+            )
+        index = len(self.invokes)
+        encoded_args = tuple(self.encode(a) for a in args)
+        encoded_kwargs = {k: self.encode(v) for k, v in kwargs.items()}
+        if rows is None:
+            invoke = Invoke(index, encoded_args, encoded_kwargs, 0, None)
+        else:
+            invoke = Invoke(index, encoded_args, encoded_kwargs, self._rows, self._rows + rows)
+            self._rows += rows
+        self.invokes.append(invoke)
+        self.invoke = index
+        return index
+
+    def close_invoke(self) -> None:
+        self.invoke = -1
+
+    @property
+    def total_rows(self) -> int:
+        return self._rows
+
+    # result -------------------------------------------------------------------------------
+
+    def finish(self) -> Graph:
+        """The recorded graph, with SAVE nodes added for Proxies inside saved containers."""
+        for container in self.saved_containers:
+            for proxy in _proxies_in(container):
+                if proxy._nn_recorder is self and proxy._nn_node() not in self.saved_ids:
+                    self.invoke = self.nodes[proxy._nn_node()].invoke
+                    self.save(proxy)
+        self.invoke = -1
+        return Graph(list(self.nodes), list(self.constants), list(self.invokes))
+
+
+def _proxies_in(value: Any, depth: int = 0) -> Iterator[Proxy]:
+    from .proxy import Proxy
+
+    if depth > 50:
+        return
+    if isinstance(value, Proxy):
+        yield value
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            yield from _proxies_in(item, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _proxies_in(item, depth + 1)
+
+
+_ACTIVE: list[Recorder] = []
+
+
+def active() -> Recorder | None:
+    """The recorder of the trace being recorded, if any."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+@contextmanager
+def recording(recorder: Recorder) -> Iterator[Recorder]:
+    """Make `recorder` the active one while the body runs."""
+    _ACTIVE.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _ACTIVE.pop()

@@ -1,0 +1,83 @@
+"""Saving values out of a trace: `save()`, and turning Proxies into their saved values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ir import UnsavedValueError
+from .proxy import Proxy
+from .recorder import active
+
+_CONTAINERS = (list, dict, set, tuple)
+
+
+def save(value: Any) -> Any:
+    """Keep `value` after the trace: a Proxy, or a container (list, dict, ...) of Proxies.
+
+    Works on any object; outside a trace it returns the value unchanged.
+    """
+    if isinstance(value, Proxy):
+        return value.save()
+    recorder = active()
+    if recorder is not None and isinstance(value, _CONTAINERS):
+        recorder.saved_containers.append(value)
+        return value
+    method = getattr(value, "save", None)
+    if recorder is None and callable(method):
+        return method()
+    return value
+
+
+class Unsaved:
+    """Bound in place of a traced value that was not saved: any use says how to fix it."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, name: str, proxy: Proxy) -> None:
+        node = proxy._nn_recorder.nodes[proxy._nn_node()]
+        where = f" at {node.loc}" if node.loc else ""
+        message = (
+            f"`{name}` was assigned inside the trace{where} but not saved, so it has no value "
+            f"after the trace. Write `{name} = (...).save()` or `{name} = nnsight.save(...)`."
+        )
+        object.__setattr__(self, "_message", message)
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsavedValueError(object.__getattribute__(self, "_message"))
+
+    def __getattr__(self, name: str) -> Any:
+        return self._fail()
+
+    def __repr__(self) -> str:
+        return self._fail()
+
+
+for _dunder in (
+    "__str__", "__format__", "__bool__", "__len__", "__iter__", "__getitem__", "__setitem__",
+    "__call__", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+    "__truediv__", "__rtruediv__", "__matmul__", "__eq__", "__lt__", "__gt__", "__le__",
+    "__ge__", "__neg__", "__float__", "__int__", "__index__", "__array__",
+):
+    setattr(Unsaved, _dunder, Unsaved._fail)
+Unsaved.__hash__ = object.__hash__  # type: ignore[method-assign]
+
+
+def resolve(name: str, value: Any, saved: dict[int, Any], depth: int = 0) -> Any:
+    """The object to bind for `value` after the run: saved values replace their Proxies."""
+    if isinstance(value, Proxy):
+        node = value._nn_id
+        if node is not None and node in saved:
+            return saved[node]
+        return Unsaved(name, value)
+    if depth > 50:
+        return value
+    if isinstance(value, list):
+        value[:] = [resolve(name, v, saved, depth + 1) for v in value]
+        return value
+    if type(value) is tuple:
+        return tuple(resolve(name, v, saved, depth + 1) for v in value)
+    if type(value) is dict:
+        for key in list(value):
+            value[key] = resolve(name, value[key], saved, depth + 1)
+        return value
+    return value

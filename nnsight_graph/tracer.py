@@ -1,0 +1,161 @@
+"""Tracer and Invoker: the `with model.trace(...)` and `with tracer.invoke(...)` contexts."""
+
+from __future__ import annotations
+
+import sys
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from . import capture, frames, saving
+from .ir import Graph, GraphBuildError, Op
+from .proxy import Proxy
+from .recorder import Recorder, active, recording
+
+if TYPE_CHECKING:
+    from .model import NNsight
+
+
+class Invoker:
+    """One input's worth of interventions; its inputs join the trace's batch."""
+
+    def __init__(self, tracer: Tracer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.tracer = tracer
+        self.args = args
+        self.kwargs = kwargs
+
+    def __enter__(self) -> Invoker:
+        recorder = self.tracer._require_recorder("tracer.invoke()")
+        if self.args or self.kwargs:
+            rows = self.tracer.model._batch_rows(self.args, self.kwargs)
+        else:
+            rows = None
+        recorder.open_invoke(self.args, self.kwargs, rows)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.tracer._recorder is not None:
+            self.tracer._recorder.close_invoke()
+
+
+class Tracer:
+    """Records the body of a `with model.trace(...)` block as a Graph, then runs it."""
+
+    def __init__(self, model: NNsight, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.model = model
+        self.args = args
+        self.kwargs = kwargs
+        self.graph: Graph | None = None
+        self._recorder: Recorder | None = None
+        self._frame: FrameType | None = None
+        self._captured: capture.CapturedBody | None = None
+
+    # the user's API -----------------------------------------------------------------------
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Invoker:
+        """A context for one input (or, with no input, the whole batch)."""
+        return Invoker(self, args, kwargs)
+
+    def result(self) -> Proxy:
+        """The value the traced call returned (the model's output)."""
+        recorder = self._require_recorder("tracer.result()")
+        if recorder.invoke < 0:
+            raise GraphBuildError("call tracer.result() inside an invoke")
+        return recorder.proxy(Op.READ, "result")
+
+    # the with statement -------------------------------------------------------------------
+
+    def __enter__(self) -> Tracer:
+        if active() is not None:
+            raise GraphBuildError(
+                "a trace cannot be opened inside another trace; close the first one, or group "
+                "traces with model.session()"
+            )
+        frame = sys._getframe(1)
+        self._captured = capture.find_body(frame)
+        self._frame = frame
+        if not self._captured.empty:
+            capture.skip_body(frame)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        frame = self._frame
+        self._frame = None
+        if frame is None:
+            return False
+        assert self._captured is not None
+        if self._captured.empty:
+            if exc_type is not None:
+                return False
+        else:
+            capture.restore_tracing(frame)
+            if exc_type is not capture.SkipBody:
+                return False
+        try:
+            self._run(frame)
+        except BaseException as error:
+            if error.__context__ is exc:
+                error.__context__ = None
+            raise
+        finally:
+            del frame
+        return True
+
+    # recording and running ----------------------------------------------------------------
+
+    def _require_recorder(self, what: str) -> Recorder:
+        recorder = self._recorder
+        if recorder is None or active() is not recorder:
+            raise GraphBuildError(f"{what} can only be used inside its `with` block")
+        return recorder
+
+    def _run(self, frame: FrameType) -> None:
+        captured = self._captured
+        assert captured is not None
+        namespace = _namespace(captured, frame)
+        body = capture.compile_body(captured, tuple(sorted(namespace)), frame.f_globals)
+        recorder = Recorder()
+        self._recorder = recorder
+        try:
+            with recording(recorder):
+                if self.args or self.kwargs:
+                    recorder.open_invoke(
+                        self.args, self.kwargs, self.model._batch_rows(self.args, self.kwargs)
+                    )
+                variables = body(namespace)
+                recorder.close_invoke()
+            graph = recorder.finish()
+        finally:
+            self._recorder = None
+        self.graph = graph
+        saved = self.model._execute(graph, recorder.total_rows) if graph.invokes else {}
+        values = {
+            name: saving.resolve(name, variables[name], saved)
+            for name in captured.stored
+            if name in variables
+        }
+        frames.bind(frame, values)
+
+
+def _namespace(captured: capture.CapturedBody, frame: FrameType) -> dict[str, Any]:
+    """The caller's variables the body needs, plus the transform's helpers."""
+    namespace: dict[str, Any] = {"__nnsight_save__": saving.save}
+    local_vars = frame.f_locals
+    module_level = local_vars is frame.f_globals
+    for name in capture.preload_names(captured, frame):
+        if name in namespace:
+            continue
+        if name in local_vars:
+            namespace[name] = local_vars[name]
+        elif module_level and name in frame.f_globals:
+            namespace[name] = frame.f_globals[name]
+    return namespace

@@ -1,0 +1,82 @@
+"""Validation passes: find errors before the model runs, naming the user's file:line."""
+
+from __future__ import annotations
+
+from ..ir import HOOKED, BatchError, BatchIndexError, Graph, Node, Op, OutOfOrderError, Ref
+from .facts import ModelFacts, Site
+
+
+def _site(target: str) -> Site:
+    path, _, kind = target.rpartition(".")
+    return (path, "input" if kind in ("input", "inputs") else "output")
+
+
+def _name(target: str) -> str:
+    return f"model.{target}"
+
+
+def check_module_order(graph: Graph, facts: ModelFacts | None) -> Graph:
+    """Raise OutOfOrderError when an invoke reads modules against the known call order."""
+    if facts is None or not facts.order:
+        return graph
+    last: dict[tuple[int, int], tuple[int, Node]] = {}
+    for node in graph.nodes:
+        if node.op not in HOOKED or node.target == "result":
+            continue
+        position = facts.order.get(_site(node.target))
+        if position is None:
+            continue
+        key = (node.invoke, node.step)
+        previous = last.get(key)
+        if previous is not None and position < previous[0]:
+            before = previous[1]
+            raise OutOfOrderError(
+                f"{_name(node.target)} is requested at {node.loc} after {_name(before.target)} "
+                f"at {before.loc}, but the model runs it first, so it would already have run. "
+                "Access modules in the order the model calls them, or use a separate invoke."
+            )
+        if previous is None or position > previous[0]:
+            last[key] = (position, node)
+    return graph
+
+
+def check_batch_slices(graph: Graph, facts: ModelFacts | None) -> Graph:
+    """Raise before the run when an invoke indexes or sets rows it does not own."""
+    rows = {invoke.index: invoke.rows for invoke in graph.invokes}
+    tensor_outputs = facts.tensor_outputs if facts is not None else frozenset()
+    reads: dict[int, Node] = {}
+    for node in graph.nodes:
+        if node.op is Op.READ and node.target.endswith(".output"):
+            if node.target[: -len(".output")] in tensor_outputs:
+                reads[node.id] = node
+        owned = rows.get(node.invoke)
+        if owned is None:
+            continue
+        if node.op is Op.GETITEM and isinstance(node.args[0], Ref) and node.args[0].id in reads:
+            _check_index(node, node.args[1], owned)
+        if node.op is Op.WRITE and node.target[: -len(".output")] in tensor_outputs:
+            _check_write(graph, node, owned)
+    return graph
+
+
+def _check_index(node: Node, key: object, owned: int) -> None:
+    first = key[0] if isinstance(key, tuple) and key else key
+    if isinstance(first, int) and not isinstance(first, bool) and not -owned <= first < owned:
+        raise BatchIndexError(
+            f"index {first} at {node.loc} is outside this invoke's batch: it owns {owned} "
+            f"row(s), so valid indices are {-owned} to {owned - 1}"
+        )
+
+
+def _check_write(graph: Graph, node: Node, owned: int) -> None:
+    from ..ir import Const
+
+    value = node.args[0]
+    if not isinstance(value, Const):
+        return
+    shape = getattr(graph.constants[value.index], "shape", None)
+    if shape is not None and len(shape) > 0 and shape[0] not in (owned,):
+        raise BatchError(
+            f"the value set at {node.loc} has {shape[0]} row(s) but this invoke owns {owned}; "
+            f"give it shape ({owned}, ...)"
+        )
