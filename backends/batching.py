@@ -88,7 +88,8 @@ def merge(full: Any, part: Any, start: int, stop: int, total: int) -> Any:
     if isinstance(full, torch.Tensor) and full.dim() > 0 and full.shape[0] == total:
         if not isinstance(part, torch.Tensor):
             raise BatchError(
-                f"an invoke replaced a tensor of shape {tuple(full.shape)} with {type(part).__name__}"
+                f"an invoke replaced a tensor of shape {tuple(full.shape)} with "
+                f"{type(part).__name__}; set a tensor of the same shape"
             )
         expected = (stop - start, *full.shape[1:])
         if tuple(part.shape) != expected:
@@ -100,8 +101,10 @@ def merge(full: Any, part: Any, start: int, stop: int, total: int) -> Any:
     if isinstance(full, (tuple, list)) and isinstance(part, (tuple, list)):
         if len(full) != len(part):
             raise BatchError(f"an invoke replaced a {len(full)}-item value with {len(part)} items")
-        merged = [merge(f, p, start, stop, total) for f, p in zip(full, part)]
+        merged = [merge(f, p, start, stop, total) for f, p in zip(full, part, strict=True)]
         return type(full)(*merged) if hasattr(full, "_fields") else type(full)(merged)
     if isinstance(full, dict) and isinstance(part, dict):
-        return {k: merge(full[k], v, start, stop, total) if k in full else v for k, v in part.items()}
+        return {
+            k: merge(full[k], v, start, stop, total) if k in full else v for k, v in part.items()
+        }
     return part

@@ -7,8 +7,7 @@ invokes take their turns in the order they were written, each seeing only its ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -36,7 +35,11 @@ def parse_target(target: str) -> tuple[Site, str]:
 
 @dataclass
 class Plan:
-    """What a graph needs from the model: its hook sites and, per invoke, its nodes."""
+    """What a graph needs from the model: its hook sites and, per invoke, its nodes.
+
+    A plan depends on the graph's structure only, not on its constants, so it can be reused
+    by every trace that records the same graph.
+    """
 
     graph: Graph
     sites: dict[int, tuple[Site, str]] = field(default_factory=dict)
@@ -44,6 +47,8 @@ class Plan:
     invoke_nodes: list[list[Node]] = field(default_factory=list)
     tail_nodes: list[Node] = field(default_factory=list)
     uses: dict[int, int] = field(default_factory=dict)
+    inputs: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    flat: set[int] = field(default_factory=set)
 
     @classmethod
     def build(cls, graph: Graph) -> Plan:
@@ -55,17 +60,20 @@ class Plan:
                 plan.sites[node.id] = (site, kind)
                 if site[1] != RESULT:
                     plan.modules.setdefault(site[0], set()).add(site[1])
-            for ref in refs((node.args, node.kwargs)):
-                plan.uses[ref.id] = plan.uses.get(ref.id, 0) + 1
+            ids = tuple(ref.id for ref in refs((node.args, node.kwargs)))
+            plan.inputs[node.id] = ids
+            for id in ids:
+                plan.uses[id] = plan.uses.get(id, 0) + 1
+            if not node.kwargs and all(type(a) in _FLAT for a in node.args):
+                plan.flat.add(node.id)
             if node.invoke < 0:
                 plan.tail_nodes.append(node)
             else:
                 plan.invoke_nodes[node.invoke].append(node)
         return plan
 
-    def module_paths(self) -> list[str]:
-        """The module paths that need a hook, in first-use order."""
-        return list(self.modules)
+
+_FLAT = frozenset({Ref, Const, int, float, bool, str, type(None)})
 
 
 class SiteValue:
@@ -97,9 +105,10 @@ class Cursor:
 class Run:
     """Run-time state of one execution: values, saves, hook counts, cursors."""
 
-    def __init__(self, plan: Plan, total_rows: int, debug: bool) -> None:
+    def __init__(self, plan: Plan, constants: list[Any], total_rows: int, debug: bool) -> None:
         self.plan = plan
         self.graph = plan.graph
+        self.constants = constants
         self.total = total_rows
         self.debug = debug
         self.env: dict[int, Any] = {}
@@ -108,7 +117,7 @@ class Run:
         self.fired: dict[Site, int] = {}
         self.cursors = [
             Cursor(nodes, invoke.start, invoke.stop)
-            for nodes, invoke in zip(plan.invoke_nodes, self.graph.invokes)
+            for nodes, invoke in zip(plan.invoke_nodes, self.graph.invokes, strict=True)
         ]
 
     # hooks -------------------------------------------------------------------------------
@@ -210,14 +219,30 @@ class Run:
         except _Missing as missing:
             raise _with_location(self.missing(missing.ref), node, self.debug) from None
         except Exception as error:
-            raise _with_location(error, node, self.debug)
+            _with_location(error, node, self.debug)
+            raise
         finally:
             self.release(node)
 
     def run_node(self, node: Node) -> None:
         """Run one node that needs no hook."""
-        args = self.value(node.args)
-        kwargs = self.value(node.kwargs) if node.kwargs else {}
+        if node.id in self.plan.flat:
+            env = self.env
+            try:
+                args = tuple(
+                    env[a.id]
+                    if type(a) is Ref
+                    else self.constants[a.index]
+                    if type(a) is Const
+                    else a
+                    for a in node.args
+                )
+            except KeyError as error:
+                raise _Missing(Ref(error.args[0])) from None
+            kwargs = {}
+        else:
+            args = self.value(node.args)
+            kwargs = self.value(node.kwargs) if node.kwargs else {}
         try:
             match node.op:
                 case Op.CALL:
@@ -237,7 +262,8 @@ class Run:
                 case _:
                     raise ExecutionError(f"the local executor cannot run {node}")
         except Exception as error:
-            raise _with_location(error, node, self.debug)
+            _with_location(error, node, self.debug)
+            raise
         self.store(node, result)
         self.release(node)
 
@@ -247,11 +273,12 @@ class Run:
 
     def release(self, node: Node) -> None:
         """Free each input of `node` at its last use."""
-        for ref in refs((node.args, node.kwargs)):
-            left = self.remaining[ref.id] - 1
-            self.remaining[ref.id] = left
+        remaining = self.remaining
+        for id in self.plan.inputs[node.id]:
+            left = remaining[id] - 1
+            remaining[id] = left
             if left == 0:
-                self.env.pop(ref.id, None)
+                self.env.pop(id, None)
 
     def value(self, arg: Any) -> Any:
         """The run-time value of an argument: Refs and Consts replaced, containers rebuilt."""
@@ -261,7 +288,7 @@ class Run:
             except KeyError:
                 raise _Missing(arg) from None
         if isinstance(arg, Const):
-            return self.graph.constants[arg.index]
+            return self.constants[arg.index]
         if isinstance(arg, tuple):
             return tuple(self.value(a) for a in arg)
         if isinstance(arg, list):
@@ -334,44 +361,42 @@ def _with_location(error: Exception, node: Node, debug: bool) -> Exception:
     return error
 
 
-@contextmanager
-def installed_hooks(root: torch.nn.Module, run: Run) -> Iterator[None]:
-    """Register the plan's hooks on the modules that need them; remove them all on exit."""
+def execute(
+    plan: Plan,
+    constants: list[Any],
+    root: torch.nn.Module,
+    call: Callable[[], Any],
+    total_rows: int,
+    debug: bool = True,
+) -> dict[int, Any]:
+    """Run `call()` (which runs `root`) with the plan's interventions; return saved values.
+
+    Hooks exist only while this runs, on the modules the plan needs, and are removed even on
+    error. The result maps the id of each saved node to its value after the run.
+    """
+    run = Run(plan, constants, total_rows, debug)
     handles = []
     try:
-        for path, kinds in run.plan.modules.items():
+        for path, kinds in plan.modules.items():
             module = root.get_submodule(path)
             if INPUT in kinds:
                 hook = partial(run.pre_hook, path)
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             if OUTPUT in kinds:
                 handles.append(module.register_forward_hook(partial(run.post_hook, path)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def execute(
-    graph: Graph,
-    root: torch.nn.Module,
-    call: Callable[[], Any],
-    total_rows: int,
-    debug: bool = True,
-) -> dict[int, Any]:
-    """Run `call()` (which runs `root`) with the graph's interventions; return saved values.
-
-    The result maps the id of each saved node to its value after the run.
-    """
-    plan = Plan.build(graph)
-    run = Run(plan, total_rows, debug)
-    with installed_hooks(root, run):
         for cursor in run.cursors:
             run.advance(cursor, None, 0, None)
         result = call()
         run.fire(("", RESULT), result)
         run.finish()
+    finally:
+        for handle in handles:
+            handle.remove()
     return run.saved
 
 
-__all__ = ["Plan", "Run", "execute", "parse_target"]
+def execute_graph(
+    graph: Graph, root: torch.nn.Module, call: Callable[[], Any], total_rows: int
+) -> dict[int, Any]:
+    """Plan and execute a graph in one step (for tools and tests)."""
+    return execute(Plan.build(graph), graph.constants, root, call, total_rows)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .ops import Op
 
@@ -44,15 +44,21 @@ class SourceLoc:
         return f"{self.file.rsplit('/', 1)[-1]}:{self.line}"
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One intervention step. Holds no tensors: constants live in the graph's table."""
+_NO_KWARGS: dict[str, Any] = {}  # shared default, never mutated
+
+
+class Node(NamedTuple):
+    """One intervention step. Holds no tensors: constants live in the graph's table.
+
+    Immutable; a NamedTuple rather than a dataclass because traces create many nodes and a
+    tuple is several times cheaper to build.
+    """
 
     id: int
     op: Op
     target: str = ""
     args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = _NO_KWARGS
     invoke: int = 0
     step: int = 0
     loc: SourceLoc | None = None

@@ -156,9 +156,7 @@ def compile_body(
     function = _COMPILED.get(key)
     if function is not None and function.__globals__ is frame_globals:
         return function
-    prologue = [
-        ast.parse(f"{name} = {NAMESPACE_ARG}[{name!r}]").body[0] for name in preload
-    ]
+    prologue = [ast.parse(f"{name} = {NAMESPACE_ARG}[{name!r}]").body[0] for name in preload]
     epilogue = ast.parse("return locals()").body[0]
     for statement in (*prologue, epilogue):
         for node in ast.walk(statement):

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .backends import execute
+from .backends import Plan, execute
 from .backends.batching import batch_size, concatenate
 from .backends.observe import observed
 from .config import CONFIG
 from .envoy import Envoy
-from .ir import BatchError, Const, Graph
+from .ir import BatchError, Const, Graph, Invoke, Node
 from .passes import ModelFacts, run_passes
 from .tracer import Tracer
 
@@ -28,6 +29,7 @@ class NNsight(Envoy):
             raise TypeError(f"NNsight wraps a torch.nn.Module, not {type(module).__name__}")
         super().__init__(module, "")
         object.__setattr__(self, "_facts", None)
+        object.__setattr__(self, "_plans", {})
 
     def trace(self, *args: Any, **kwargs: Any) -> Tracer:
         """A tracing context: `with model.trace(input) as tracer:`. The model runs on exit."""
@@ -37,11 +39,16 @@ class NNsight(Envoy):
 
     def _batch_rows(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
         """How many batch rows an invoke's inputs hold (dim 0 of their first tensor)."""
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
+            return int(args[0].shape[0])
         return batch_size((args, kwargs))
 
     def _batched_inputs(self, graph: Graph) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The model's call arguments: every invoke's inputs concatenated on dim 0."""
-        given = [inv for inv in graph.invokes if inv.args or inv.kwargs]
+        invokes = graph.invokes
+        if len(invokes) == 1 and (invokes[0].args or invokes[0].kwargs):
+            return _decode((invokes[0].args, invokes[0].kwargs), graph.constants)  # type: ignore[no-any-return]
+        given = [inv for inv in invokes if inv.args or inv.kwargs]
         if not given:
             raise BatchError(
                 "no invoke has an input: pass one to model.trace(input) or tracer.invoke(input)"
@@ -58,23 +65,53 @@ class NNsight(Envoy):
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self._module(*args, **kwargs)
 
-    def _execute(self, graph: Graph, total_rows: int) -> dict[int, Any]:
-        """Validate and optimize the graph, then run the model with it; return saved values."""
+    def _plan(self, graph: Graph, key: Any) -> Plan:
+        """The validated, optimized plan for this graph, reused while the structure repeats."""
         facts: ModelFacts | None = self._facts
-        graph = run_passes(graph, facts)
+        shapes = tuple(getattr(c, "shape", None) for c in graph.constants)
+        cached: _CachedPlan | None = self._plans.get(key)
+        if cached is not None and cached.matches(graph, shapes, facts):
+            return cached.plan
+        plan = Plan.build(run_passes(graph, facts))
+        self._plans[key] = _CachedPlan(graph.nodes, graph.invokes, shapes, facts, plan)
+        return plan
+
+    def _execute(self, graph: Graph, total_rows: int, key: Any = None) -> dict[int, Any]:
+        """Validate and optimize the graph, then run the model with it; return saved values."""
+        plan = self._plan(graph, key)
         args, kwargs = self._batched_inputs(graph)
-        rows = total_rows or None
+        module = self._module
 
         def call() -> Any:
             return self._call(args, kwargs)
 
-        if facts is None:
-            with observed(self._module, rows) as observation:
-                saved = execute(graph, self._module, call, total_rows, CONFIG.APP.DEBUG)
-            facts = ModelFacts.from_events(observation.events, observation.tensor_outputs)
-            object.__setattr__(self, "_facts", facts)
-            return saved
-        return execute(graph, self._module, call, total_rows, CONFIG.APP.DEBUG)
+        debug = CONFIG.APP.DEBUG
+        if self._facts is not None:
+            return execute(plan, graph.constants, module, call, total_rows, debug)
+        with observed(module, total_rows or None) as observation:
+            saved = execute(plan, graph.constants, module, call, total_rows, debug)
+        facts = ModelFacts.from_events(observation.events, observation.tensor_outputs)
+        object.__setattr__(self, "_facts", facts)
+        return saved
+
+
+@dataclass(frozen=True)
+class _CachedPlan:
+    """A plan and the recorded structure it was built for."""
+
+    nodes: list[Node]
+    invokes: list[Invoke]
+    shapes: tuple[Any, ...]
+    facts: ModelFacts | None
+    plan: Plan
+
+    def matches(self, graph: Graph, shapes: tuple[Any, ...], facts: ModelFacts | None) -> bool:
+        return (
+            facts is self.facts
+            and shapes == self.shapes
+            and graph.nodes == self.nodes
+            and graph.invokes == self.invokes
+        )
 
 
 def _decode(value: Any, constants: list[Any]) -> Any:

@@ -138,9 +138,7 @@ class Proxy:
     def __format__(self, spec: str) -> str:
         raise GraphBuildError(
             _describe(self)
-            + _NOT_KNOWN.format(
-                what="string", instead="Save it and format it after the trace."
-            )
+            + _NOT_KNOWN.format(what="string", instead="Save it and format it after the trace.")
         )
 
     def __repr__(self) -> str:

@@ -28,18 +28,27 @@ def _package_dirs() -> tuple[str, ...]:
 
 
 _INTERNAL: tuple[str, ...] = ()
+_IS_INTERNAL: dict[str, bool] = {}
+_LOCATIONS: dict[tuple[str, int], SourceLoc] = {}
 
 
 def user_location() -> SourceLoc | None:
     """The file:line of the innermost frame outside nnsight_graph and torch."""
     global _INTERNAL
-    if not _INTERNAL:
-        _INTERNAL = _package_dirs()
     frame = sys._getframe(2)
     while frame is not None:
         file = frame.f_code.co_filename
-        if not file.startswith(_INTERNAL):
-            return SourceLoc(file, frame.f_lineno)
+        internal = _IS_INTERNAL.get(file)
+        if internal is None:
+            if not _INTERNAL:
+                _INTERNAL = _package_dirs()
+            internal = _IS_INTERNAL[file] = file.startswith(_INTERNAL)
+        if not internal:
+            key = (file, frame.f_lineno)
+            loc = _LOCATIONS.get(key)
+            if loc is None:
+                loc = _LOCATIONS[key] = SourceLoc(file, frame.f_lineno)
+            return loc
         frame = frame.f_back  # type: ignore[assignment]
     return None
 
@@ -66,8 +75,8 @@ class Recorder:
             id=len(self.nodes),
             op=op,
             target=target,
-            args=tuple(self.encode(a) for a in args),
-            kwargs={k: self.encode(v) for k, v in kwargs.items()},
+            args=tuple([self.encode(a) for a in args]),
+            kwargs={k: self.encode(v) for k, v in kwargs.items()} if kwargs else {},
             invoke=self.invoke,
             step=self.step,
             loc=user_location(),
@@ -85,6 +94,13 @@ class Recorder:
         """An argument as the graph stores it: Ref for Proxies, Const for objects."""
         from .proxy import Proxy
 
+        if type(value) is Proxy:
+            if value._nn_recorder is not self:
+                raise GraphBuildError(
+                    "a value from another trace was used here; save it in that trace with "
+                    ".save() and use the saved value, or use model.session()"
+                )
+            return Ref(value._nn_node())
         if isinstance(value, _PRIMITIVES):
             return value
         if isinstance(value, Proxy):

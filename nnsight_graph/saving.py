@@ -53,10 +53,33 @@ class Unsaved:
 
 
 for _dunder in (
-    "__str__", "__format__", "__bool__", "__len__", "__iter__", "__getitem__", "__setitem__",
-    "__call__", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
-    "__truediv__", "__rtruediv__", "__matmul__", "__eq__", "__lt__", "__gt__", "__le__",
-    "__ge__", "__neg__", "__float__", "__int__", "__index__", "__array__",
+    "__str__",
+    "__format__",
+    "__bool__",
+    "__len__",
+    "__iter__",
+    "__getitem__",
+    "__setitem__",
+    "__call__",
+    "__add__",
+    "__radd__",
+    "__sub__",
+    "__rsub__",
+    "__mul__",
+    "__rmul__",
+    "__truediv__",
+    "__rtruediv__",
+    "__matmul__",
+    "__eq__",
+    "__lt__",
+    "__gt__",
+    "__le__",
+    "__ge__",
+    "__neg__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "__array__",
 ):
     setattr(Unsaved, _dunder, Unsaved._fail)
 Unsaved.__hash__ = object.__hash__  # type: ignore[method-assign]

@@ -137,7 +137,8 @@ class Tracer:
         finally:
             self._recorder = None
         self.graph = graph
-        saved = self.model._execute(graph, recorder.total_rows) if graph.invokes else {}
+        key = (captured.file, captured.line)
+        saved = self.model._execute(graph, recorder.total_rows, key) if graph.invokes else {}
         values = {
             name: saving.resolve(name, variables[name], saved)
             for name in captured.stored

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..ir import EFFECTFUL, Graph, Node, Op, refs
 
-
 IN_PLACE_OPERATORS = frozenset(
     f"operator.i{name}"
     for name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul")
