@@ -49,6 +49,7 @@ class Plan:
     uses: dict[int, int] = field(default_factory=dict)
     inputs: dict[int, tuple[int, ...]] = field(default_factory=dict)
     flat: set[int] = field(default_factory=set)
+    reads_result: bool = False
 
     @classmethod
     def build(cls, graph: Graph) -> Plan:
@@ -58,7 +59,9 @@ class Plan:
             if node.op in HOOKED:
                 site, kind = parse_target(node.target)
                 plan.sites[node.id] = (site, kind)
-                if site[1] != RESULT:
+                if site[1] == RESULT:
+                    plan.reads_result = True
+                else:
                     plan.modules.setdefault(site[0], set()).add(site[1])
             ids = tuple(ref.id for ref in refs((node.args, node.kwargs)))
             plan.inputs[node.id] = ids
@@ -378,7 +381,7 @@ def execute(
     handles = []
     try:
         for path, kinds in plan.modules.items():
-            module = root.get_submodule(path)
+            module = root.get_submodule(path)  # looked up each run: submodules can be replaced
             if INPUT in kinds:
                 hook = partial(run.pre_hook, path)
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
@@ -387,7 +390,8 @@ def execute(
         for cursor in run.cursors:
             run.advance(cursor, None, 0, None)
         result = call()
-        run.fire(("", RESULT), result)
+        if plan.reads_result:
+            run.fire(("", RESULT), result)
         run.finish()
     finally:
         for handle in handles:

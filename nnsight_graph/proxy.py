@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .ir import GraphBuildError, Op
 from .ir.functions import qualified_name
-from .recorder import Recorder
+
+if TYPE_CHECKING:
+    from .recorder import Recorder
 
 _NOT_KNOWN = (
     "is only known when the model runs, after the trace body has been recorded, so it cannot "
@@ -33,17 +35,17 @@ class Proxy:
         parent: Proxy | None = None,
         attr: str = "",
     ) -> None:
-        object.__setattr__(self, "_nn_recorder", recorder)
-        object.__setattr__(self, "_nn_id", node)
-        object.__setattr__(self, "_nn_parent", parent)
-        object.__setattr__(self, "_nn_attr", attr)
+        _set_recorder(self, recorder)
+        _set_id(self, node)
+        _set_parent(self, parent)
+        _set_attr(self, attr)
 
     def _nn_node(self) -> int:
         """The id of the node this proxy stands for (an attribute read is recorded lazily)."""
         node = self._nn_id
         if node is None:
             node = self._nn_recorder.add(Op.GETATTR, self._nn_attr, (self._nn_parent,))
-            object.__setattr__(self, "_nn_id", node)
+            _set_id(self, node)
         return node
 
     # recording ---------------------------------------------------------------------------
@@ -221,3 +223,9 @@ for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
 for _name in ("neg", "pos", "abs", "invert"):
     setattr(Proxy, f"__{_name}__", _unary(getattr(operator, _name)))
 Proxy.__hash__ = object.__hash__  # type: ignore[method-assign]
+
+# slot setters, bypassing Proxy.__setattr__ (which refuses user attribute writes)
+_set_recorder = Proxy._nn_recorder.__set__  # type: ignore[attr-defined]
+_set_id = Proxy._nn_id.__set__  # type: ignore[attr-defined]
+_set_parent = Proxy._nn_parent.__set__  # type: ignore[attr-defined]
+_set_attr = Proxy._nn_attr.__set__  # type: ignore[attr-defined]

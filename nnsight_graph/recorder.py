@@ -6,14 +6,12 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc
-
-if TYPE_CHECKING:
-    from .proxy import Proxy
+from .proxy import Proxy
 
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
 
@@ -86,14 +84,10 @@ class Recorder:
 
     def proxy(self, op: Op, target: str = "", args: tuple[Any, ...] = (), **kwargs: Any) -> Proxy:
         """Append a node and return a Proxy for its value."""
-        from .proxy import Proxy
-
         return Proxy(self, self.add(op, target, args, **kwargs))
 
     def encode(self, value: Any) -> Any:
         """An argument as the graph stores it: Ref for Proxies, Const for objects."""
-        from .proxy import Proxy
-
         if type(value) is Proxy:
             if value._nn_recorder is not self:
                 raise GraphBuildError(
@@ -185,8 +179,6 @@ class Recorder:
 
 
 def _proxies_in(value: Any, depth: int = 0) -> Iterator[Proxy]:
-    from .proxy import Proxy
-
     if depth > 50:
         return
     if isinstance(value, Proxy):
