@@ -12,6 +12,7 @@ import linecache
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from types import FrameType
 from typing import Any
 
@@ -37,6 +38,11 @@ class CapturedBody:
     stored: tuple[str, ...]
     helpers: tuple[str, ...]
     empty: bool  # only `pass`, `...` or strings: nothing runs, so nothing needs skipping
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        """Every name the body reads or assigns, in a fixed order."""
+        return tuple(sorted(self.loaded | set(self.stored)))
 
 
 @dataclass
@@ -195,14 +201,13 @@ def compile_body(
 
 def preload_names(captured: CapturedBody, frame: FrameType) -> tuple[str, ...]:
     """Which of the caller's variables the compiled body must receive as locals."""
-    names = set(captured.helpers)
-    if frame.f_locals is frame.f_globals:
+    local = frame.f_locals
+    if local is frame.f_globals:
         # module level: the body's assignments must start from the module's current values
-        names.update(n for n in captured.stored if n in frame.f_globals)
+        names = [n for n in captured.stored if n in local]
     else:
-        local = frame.f_locals
-        names.update(n for n in captured.loaded | set(captured.stored) if n in local)
-    return tuple(sorted(names))
+        names = [n for n in captured.names if n in local]
+    return (*captured.helpers, *names)
 
 
 _previous_trace: list[Any] = []

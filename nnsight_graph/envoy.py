@@ -20,6 +20,8 @@ class Envoy:
     run time; assigning to them replaces those values.
     """
 
+    _nnsight_envoy = True  # lets the recorder recognise envoys without importing this module
+
     def __init__(self, module: torch.nn.Module, path: str = "") -> None:
         object.__setattr__(self, "_module", module)
         object.__setattr__(self, "_path", path)

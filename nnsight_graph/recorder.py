@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -14,6 +13,7 @@ from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc
 from .proxy import Proxy
 
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+_PRIMITIVE_TYPES = frozenset(_PRIMITIVES)
 
 
 def _package_dirs() -> tuple[str, ...]:
@@ -88,33 +88,27 @@ class Recorder:
 
     def encode(self, value: Any) -> Any:
         """An argument as the graph stores it: Ref for Proxies, Const for objects."""
-        if type(value) is Proxy:
+        kind = type(value)
+        if kind is Proxy or isinstance(value, Proxy):
             if value._nn_recorder is not self:
                 raise GraphBuildError(
                     "a value from another trace was used here; save it in that trace with "
                     ".save() and use the saved value, or use model.session()"
                 )
             return Ref(value._nn_node())
+        if kind in _PRIMITIVE_TYPES:
+            return value
+        if kind is torch.Tensor or isinstance(value, torch.Tensor):
+            return self.constant(value)
+        if kind is tuple or kind is list:
+            return kind(self.encode(v) for v in value)
+        if kind is dict:
+            return {k: self.encode(v) for k, v in value.items()}
+        if kind is slice:
+            return slice(self.encode(value.start), self.encode(value.stop), self.encode(value.step))
         if isinstance(value, _PRIMITIVES):
             return value
-        if isinstance(value, Proxy):
-            if value._nn_recorder is not self:
-                raise GraphBuildError(
-                    "a value from another trace was used here; save it in that trace with "
-                    ".save() and use the saved value, or use model.session()"
-                )
-            return Ref(value._nn_node())
-        if isinstance(value, tuple) and not hasattr(value, "_fields"):
-            return tuple(self.encode(v) for v in value)
-        if isinstance(value, list):
-            return [self.encode(v) for v in value]
-        if type(value) is dict:
-            return {k: self.encode(v) for k, v in value.items()}
-        if isinstance(value, slice):
-            return slice(self.encode(value.start), self.encode(value.stop), self.encode(value.step))
-        from .envoy import Envoy
-
-        if isinstance(value, Envoy):
+        if getattr(value, "_nnsight_envoy", False):
             raise GraphBuildError(
                 f"a module wrapper ({value._path or 'the model'}) was used as a value; use its "
                 ".output or .input"
@@ -199,11 +193,17 @@ def active() -> Recorder | None:
     return _ACTIVE[-1] if _ACTIVE else None
 
 
-@contextmanager
-def recording(recorder: Recorder) -> Iterator[Recorder]:
-    """Make `recorder` the active one while the body runs."""
-    _ACTIVE.append(recorder)
-    try:
-        yield recorder
-    finally:
+class recording:  # noqa: N801 - used like a function: `with recording(recorder):`
+    """Make `recorder` the active one while the body runs (a class: cheaper than a generator)."""
+
+    __slots__ = ("recorder",)
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def __enter__(self) -> Recorder:
+        _ACTIVE.append(self.recorder)
+        return self.recorder
+
+    def __exit__(self, *exc_info: object) -> None:
         _ACTIVE.pop()

@@ -122,7 +122,7 @@ class Tracer:
         captured = self._captured
         assert captured is not None
         namespace = _namespace(captured, frame)
-        body = capture.compile_body(captured, tuple(sorted(namespace)), frame.f_globals)
+        body = capture.compile_body(captured, tuple(namespace), frame.f_globals)
         recorder = Recorder()
         self._recorder = recorder
         try:
