@@ -45,7 +45,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = "/opt/nnsight-venv"
 GPT2_LAYERS = 12
-ROUNDS = 5  # timing rounds; the columns are interleaved round by round
+ROUNDS = 20  # timing rounds; the columns are interleaved round by round
 OVERHEAD_TARGET = 0.5  # walkthrough-net: our overhead <= half of nnsight's
 FLOOR_TARGET = 1.10  # gpt2-12x64: our trace <= 1.10x the hook floor
 TARGETS = {  # case -> (comparison key, limit, description)
@@ -94,6 +94,11 @@ class RunResult:
 
 # --------------------------------------------------------------------------- trace bodies
 # nnsight captures the source of the `with` block, so these must live in a real file.
+# `nnsight` is the library under test (nnsight_graph or nnsight), bound by `run_library`.
+# A list made before the `with` and appended to inside it works with nnsight 0.8.1 but keeps
+# Proxy objects with nnsight_graph, so the list is made and saved inside the trace.
+
+nnsight: Any = None
 
 
 def trace_walkthrough(model: Any, x: torch.Tensor) -> list[Any]:
@@ -104,9 +109,9 @@ def trace_walkthrough(model: Any, x: torch.Tensor) -> list[Any]:
 
 
 def trace_gpt2(model: Any, x: torch.Tensor) -> list[Any]:
-    """Save every transformer block's output."""
-    outs = []
+    """Save every transformer block's output into a saved list."""
     with model.trace(x):
+        outs = nnsight.save([])
         for i in range(GPT2_LAYERS):
             outs.append(model.transformer.h[i].output.save())
     return outs
@@ -281,8 +286,10 @@ def versions(lib: ModuleType | None) -> dict[str, str]:
 
 def run_library(name: str, quick: bool) -> RunResult:
     """Measure every case with ``name`` as the traced library, in this process."""
+    global nnsight
     torch.set_num_threads(1)
     lib, import_error = import_library(name)
+    nnsight = lib
     if import_error is not None:
         import_error = f"{name} not importable: {import_error}"
     result = RunResult(name, versions(lib), import_error=import_error)
@@ -304,7 +311,8 @@ def run_nnsight_subprocess(quick: bool) -> tuple[dict[str, Any] | None, str | No
         out = Path(tmp) / "nnsight.json"
         cmd = [str(python), __file__, "--library", "nnsight", "--json", str(out), "--quiet"]
         cmd += ["--quick"] if quick else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # keep the venv's own
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if proc.returncode != 0 or not out.exists():
             tail = proc.stderr.strip().splitlines()[-3:]
             return None, f"nnsight column skipped: subprocess failed: {' | '.join(tail)}"
@@ -395,6 +403,8 @@ def fmt2(value: float | None) -> str:
 
 def report(ours: dict[str, Any], ref: dict[str, Any] | None, note: str | None) -> dict[str, Any]:
     """Print every case and return the combined JSON document."""
+    load, cpus = os.getloadavg()[0], os.cpu_count()
+    print(f"load average (1 min) {load:.2f} on {cpus} cpus: higher than ~1 makes numbers noisy")
     print(f"versions (this process): {ours['versions']}")
     if ref:
         print(f"versions (nnsight venv): {ref['versions']}")
@@ -405,6 +415,19 @@ def report(ours: dict[str, Any], ref: dict[str, Any] | None, note: str | None) -
         ref_case = ref["cases"].get(name) if ref else None
         comparison[name] = print_case(name, ours["library"], case, ref_case)
     return {"nnsight_graph": ours, "nnsight": ref, "nnsight_note": note, "comparison": comparison}
+
+
+def print_single(run: dict[str, Any]) -> None:
+    """Print one library's medians (the ``--library nnsight`` table)."""
+    print(f"versions: {run['versions']}")
+    for name, case in run["cases"].items():
+        print(
+            f"\n== {name} ({case['iters']} iterations, median per iteration, {run['library']}) =="
+        )
+        for key in ("raw_us", "floor_us", "wrapped_raw_us", "trace_us"):
+            print(f"  {key:16}{fmt(case[key]):>14}")
+        if case["trace_error"]:
+            print(f"  trace: {case['trace_error']}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -429,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.library == "nnsight":
         doc: dict[str, Any] = ours
         if not args.quiet:
-            report(ours, None, None)
+            print_single(ours)
     else:
         ref, note = run_nnsight_subprocess(args.quick)
         doc = report(ours, ref, note)

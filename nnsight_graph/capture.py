@@ -38,6 +38,7 @@ class CapturedBody:
     stored: tuple[str, ...]
     helpers: tuple[str, ...]
     empty: bool  # only `pass`, `...` or strings: nothing runs, so nothing needs skipping
+    mutated: tuple[str, ...]  # names whose object the body changes: `x.append(...)`, `x[k] = v`
 
     @cached_property
     def names(self) -> tuple[str, ...]:
@@ -118,7 +119,16 @@ def _capture(statement: ast.With, file: str) -> CapturedBody:
     body, helpers = transform_body(statement.body)
     loaded: set[str] = set()
     stored: dict[str, None] = {}
+    mutated: dict[str, None] = {}
     for node in _walk_scope(body):
+        target = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in _MUTATORS:
+                target = node.func.value
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+            target = node.value
+        if isinstance(target, ast.Name):
+            mutated.setdefault(target.id, None)
         if isinstance(node, ast.Name):
             if isinstance(node.ctx, ast.Load):
                 loaded.add(node.id)
@@ -134,8 +144,20 @@ def _capture(statement: ast.With, file: str) -> CapturedBody:
         for s in statement.body
     )
     return CapturedBody(
-        file, statement.lineno, body, frozenset(loaded), tuple(stored), tuple(helpers), empty
+        file,
+        statement.lineno,
+        body,
+        frozenset(loaded),
+        tuple(stored),
+        tuple(helpers),
+        empty,
+        tuple(name for name in mutated if name not in stored),
     )
+
+
+_MUTATORS = frozenset(
+    {"append", "extend", "insert", "update", "add", "setdefault", "__setitem__"}
+)
 
 
 def _walk_scope(body: list[ast.stmt]) -> list[ast.AST]:

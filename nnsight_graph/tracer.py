@@ -133,6 +133,7 @@ class Tracer:
                     )
                 variables = body(namespace)
                 recorder.close_invoke()
+                _keep_outer_containers(captured, frame, recorder)
             graph = recorder.finish()
         finally:
             self._recorder = None
@@ -144,7 +145,22 @@ class Tracer:
             for name in captured.stored
             if name in variables
         }
+        for container in recorder.saved_containers:
+            saving.resolve("a saved container", container, saved)
         frames.bind(frame, values)
+
+
+def _keep_outer_containers(
+    captured: capture.CapturedBody, frame: FrameType, recorder: Recorder
+) -> None:
+    """Save the Proxies put into lists and dicts that existed before the trace.
+
+    Those objects outlive the trace, so leaving Proxies in them would be silently wrong.
+    """
+    for name in captured.mutated:
+        value = frame.f_locals.get(name, frame.f_globals.get(name))
+        if isinstance(value, (list, dict)):
+            recorder.saved_containers.append(value)
 
 
 def _namespace(captured: capture.CapturedBody, frame: FrameType) -> dict[str, Any]:
