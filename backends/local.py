@@ -89,16 +89,18 @@ class SiteValue:
         self.kind = kind
 
 
-@dataclass
 class Cursor:
     """One invoke's position in its nodes, and the batch rows it owns."""
 
-    nodes: list[Node]
-    start: int
-    stop: int | None
-    position: int = 0
-    last_hooked: Node | None = None
-    waiting_for: Ref | None = None  # a value from another invoke that does not exist yet
+    __slots__ = ("nodes", "start", "stop", "position", "last_hooked", "waiting_for")
+
+    def __init__(self, nodes: list[Node], start: int, stop: int | None) -> None:
+        self.nodes = nodes
+        self.start = start
+        self.stop = stop
+        self.position = 0
+        self.last_hooked: Node | None = None
+        self.waiting_for: Ref | None = None  # a value from another invoke, not there yet
 
     @property
     def done(self) -> bool:
@@ -131,7 +133,7 @@ class Run:
         self.fired[site] = step + 1
         box = SiteValue(value, site[1])
         for cursor in self.cursors:
-            if not cursor.done:
+            if cursor.position < len(cursor.nodes):
                 self.advance(cursor, site, step, box)
         return box.full
 
@@ -149,10 +151,11 @@ class Run:
     def advance(self, cursor: Cursor, site: Site | None, step: int, box: SiteValue | None) -> None:
         """Run the cursor's nodes until one waits for a hook other than this one."""
         nodes = cursor.nodes
+        sites = self.plan.sites
         while cursor.position < len(nodes):
             node = nodes[cursor.position]
             if node.op in HOOKED:
-                node_site, kind = self.plan.sites[node.id]
+                node_site, kind = sites[node.id]
                 if node_site != site or node.step != step or box is None:
                     self.check_not_passed(cursor, node, node_site)
                     return

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .node import Node, refs
 
 
-@dataclass(frozen=True, slots=True)
-class Invoke:
+_NO_KWARGS: dict[str, Any] = {}  # shared default, never mutated
+
+
+class Invoke(NamedTuple):
     """One `tracer.invoke(...)`: its inputs and the rows of the batch it owns.
 
-    `stop` is None for a prompt-less invoke, which sees the whole batch.
+    `stop` is None for a prompt-less invoke, which sees the whole batch. Immutable (a
+    NamedTuple, cheap to build: every trace makes at least one).
     """
 
     index: int
     args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = _NO_KWARGS
     start: int = 0
     stop: int | None = None
 

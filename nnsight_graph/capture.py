@@ -221,14 +221,15 @@ def compile_body(
     return function
 
 
-def preload_names(captured: CapturedBody, frame: FrameType) -> tuple[str, ...]:
+def preload_names(
+    captured: CapturedBody, local_vars: dict[str, Any], global_vars: dict[str, Any]
+) -> tuple[str, ...]:
     """Which of the caller's variables the compiled body must receive as locals."""
-    local = frame.f_locals
-    if local is frame.f_globals:
+    if local_vars is global_vars:
         # module level: the body's assignments must start from the module's current values
-        names = [n for n in captured.stored if n in local]
+        names = [n for n in captured.stored if n in local_vars]
     else:
-        names = [n for n in captured.names if n in local]
+        names = [n for n in captured.names if n in local_vars]
     return (*captured.helpers, *names)
 
 

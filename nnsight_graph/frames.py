@@ -15,14 +15,24 @@ from typing import Any
 _WRITE_THROUGH = sys.version_info >= (3, 13)
 
 
-def bind(frame: FrameType, values: dict[str, Any]) -> None:
-    """Set each name in `values` as a variable of `frame`."""
+def bind(frame: FrameType, values: dict[str, Any], local_vars: Any = None) -> None:
+    """Set each name in `values` as a variable of `frame`.
+
+    `local_vars` may pass in `frame.f_locals` read earlier, while the frame was paused.
+    """
     if not values:
         return
-    local_vars = frame.f_locals
+    if local_vars is None:
+        local_vars = frame.f_locals
     if local_vars is frame.f_globals or _WRITE_THROUGH:
         for name, value in values.items():
             local_vars[name] = value
         return
     local_vars.update(values)
-    ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+    _locals_to_fast(frame, 0)
+
+
+if not _WRITE_THROUGH:
+    _locals_to_fast = ctypes.pythonapi.PyFrame_LocalsToFast
+    _locals_to_fast.argtypes = (ctypes.py_object, ctypes.c_int)
+    _locals_to_fast.restype = None

@@ -47,7 +47,13 @@ class NNsight(Envoy):
         """The model's call arguments: every invoke's inputs concatenated on dim 0."""
         invokes = graph.invokes
         if len(invokes) == 1 and (invokes[0].args or invokes[0].kwargs):
-            return _decode((invokes[0].args, invokes[0].kwargs), graph.constants)  # type: ignore[no-any-return]
+            constants = graph.constants
+            args = tuple(
+                constants[a.index] if type(a) is Const else _decode(a, constants)
+                for a in invokes[0].args
+            )
+            kwargs = invokes[0].kwargs
+            return args, _decode(kwargs, constants) if kwargs else {}
         given = [inv for inv in invokes if inv.args or inv.kwargs]
         if not given:
             raise BatchError(

@@ -69,18 +69,22 @@ class Recorder:
 
     def add(self, op: Op, target: str = "", args: tuple[Any, ...] = (), **kwargs: Any) -> int:
         """Append a node; return its id."""
-        node = Node(
-            id=len(self.nodes),
-            op=op,
-            target=target,
-            args=tuple([self.encode(a) for a in args]),
-            kwargs={k: self.encode(v) for k, v in kwargs.items()} if kwargs else {},
-            invoke=self.invoke,
-            step=self.step,
-            loc=user_location(),
+        nodes = self.nodes
+        id = len(nodes)
+        encode = self.encode
+        nodes.append(
+            Node(
+                id,
+                op,
+                target,
+                tuple([encode(a) for a in args]) if args else (),
+                {k: encode(v) for k, v in kwargs.items()} if kwargs else {},
+                self.invoke,
+                self.step,
+                user_location(),
+            )
         )
-        self.nodes.append(node)
-        return node.id
+        return id
 
     def proxy(self, op: Op, target: str = "", args: tuple[Any, ...] = (), **kwargs: Any) -> Proxy:
         """Append a node and return a Proxy for its value."""

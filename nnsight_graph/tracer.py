@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from . import capture, frames, saving
 from .ir import Graph, GraphBuildError, Op
 from .proxy import Proxy
-from .recorder import Recorder, active, recording
+from .recorder import _ACTIVE, Recorder, active, recording
 
 if TYPE_CHECKING:
     from .model import NNsight
@@ -70,7 +70,7 @@ class Tracer:
     # the with statement -------------------------------------------------------------------
 
     def __enter__(self) -> Tracer:
-        if active() is not None:
+        if _ACTIVE:
             raise GraphBuildError(
                 "a trace cannot be opened inside another trace; close the first one, or group "
                 "traces with model.session()"
@@ -121,8 +121,10 @@ class Tracer:
     def _run(self, frame: FrameType) -> None:
         captured = self._captured
         assert captured is not None
-        namespace = _namespace(captured, frame)
-        body = capture.compile_body(captured, tuple(namespace), frame.f_globals)
+        local_vars = frame.f_locals  # read once: on a function frame each read copies
+        global_vars = frame.f_globals
+        namespace = _namespace(captured, local_vars, global_vars)
+        body = capture.compile_body(captured, tuple(namespace), global_vars)
         recorder = Recorder()
         self._recorder = recorder
         try:
@@ -133,7 +135,7 @@ class Tracer:
                     )
                 variables = body(namespace)
                 recorder.close_invoke()
-                _keep_outer_containers(captured, frame, recorder)
+                _keep_outer_containers(captured, local_vars, global_vars, recorder)
             graph = recorder.finish()
         finally:
             self._recorder = None
@@ -147,32 +149,31 @@ class Tracer:
         }
         for container in recorder.saved_containers:
             saving.resolve("a saved container", container, saved)
-        frames.bind(frame, values)
+        frames.bind(frame, values, local_vars)
 
 
 def _keep_outer_containers(
-    captured: capture.CapturedBody, frame: FrameType, recorder: Recorder
+    captured: capture.CapturedBody,
+    local_vars: dict[str, Any],
+    global_vars: dict[str, Any],
+    recorder: Recorder,
 ) -> None:
     """Save the Proxies put into lists and dicts that existed before the trace.
 
     Those objects outlive the trace, so leaving Proxies in them would be silently wrong.
     """
     for name in captured.mutated:
-        value = frame.f_locals.get(name, frame.f_globals.get(name))
+        value = local_vars.get(name, global_vars.get(name))
         if isinstance(value, (list, dict)):
             recorder.saved_containers.append(value)
 
 
-def _namespace(captured: capture.CapturedBody, frame: FrameType) -> dict[str, Any]:
+def _namespace(
+    captured: capture.CapturedBody, local_vars: dict[str, Any], global_vars: dict[str, Any]
+) -> dict[str, Any]:
     """The caller's variables the body needs, plus the transform's helpers."""
     namespace: dict[str, Any] = {"__nnsight_save__": saving.save}
-    local_vars = frame.f_locals
-    module_level = local_vars is frame.f_globals
-    for name in capture.preload_names(captured, frame):
-        if name in namespace:
-            continue
-        if name in local_vars:
+    for name in capture.preload_names(captured, local_vars, global_vars):
+        if name not in namespace:
             namespace[name] = local_vars[name]
-        elif module_level and name in frame.f_globals:
-            namespace[name] = frame.f_globals[name]
     return namespace
