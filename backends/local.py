@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..ir import HOOKED, Const, Graph, Node, Op, Ref, refs
+from ..ir import HOOKED, Const, Graph, Node, Op, Ref, mutates, refs
 from ..ir.errors import ExecutionError, ModuleNotCalledError, OutOfOrderError
 from ..ir.functions import resolve
 from .batching import merge, narrow
@@ -135,6 +135,8 @@ class Run:
         for cursor in self.cursors:
             if cursor.position < len(cursor.nodes):
                 self.advance(cursor, site, step, box)
+                if cursor.waiting_for is not None:
+                    self.check_wait_can_end(cursor)
         return box.full
 
     def pre_hook(self, path: str, module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
@@ -169,6 +171,28 @@ class Run:
                     return
                 cursor.waiting_for = None
             cursor.position += 1
+
+    def check_wait_can_end(self, cursor: Cursor) -> None:
+        """Raise when a cursor waits for another invoke's value at a hook it cannot miss.
+
+        The nodes up to its next module access belong to this hook's turn: an in-place edit
+        among them would run after the hook returned and be silently lost; and if that next
+        access has already fired, the cursor can never catch up. Either way, say which value
+        was not ready instead.
+        """
+        waiting = cursor.nodes[cursor.position]
+        assert cursor.waiting_for is not None
+        for node in cursor.nodes[cursor.position :]:
+            if node.op in HOOKED:
+                site, _ = self.plan.sites[node.id]
+                if self.fired.get(site, 0) <= node.step:
+                    return
+                break
+            if mutates(node):
+                break
+        else:
+            return
+        raise _with_location(self.missing(cursor.waiting_for), waiting, self.debug)
 
     def check_not_passed(self, cursor: Cursor, node: Node, site: Site) -> None:
         """Raise OutOfOrderError when the site this node waits for has already fired."""

@@ -3,6 +3,7 @@
 This package imports nothing else of nnsight_graph; everything else depends on it.
 """
 
+from .effects import has_effect, mutates
 from .errors import (
     BatchError,
     BatchIndexError,
@@ -39,5 +40,7 @@ __all__ = [
     "TraceCaptureError",
     "UnsavedValueError",
     "ValidationError",
+    "has_effect",
+    "mutates",
     "refs",
 ]

@@ -8,7 +8,6 @@ from typing import Any, NamedTuple
 
 from .node import Node, refs
 
-
 _NO_KWARGS: dict[str, Any] = {}  # shared default, never mutated
 
 

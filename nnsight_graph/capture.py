@@ -23,8 +23,11 @@ BODY_NAME = "__nnsight_body__"
 NAMESPACE_ARG = "__nnsight_namespace__"
 
 
-class SkipBody(Exception):
-    """Raised at the first line of a captured `with` body so that it does not run inline."""
+class SkipBody(BaseException):
+    """Raised right after `__enter__` returns so that the `with` body does not run inline.
+
+    A BaseException, so that an `except Exception` in the body cannot swallow it.
+    """
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class CapturedBody:
     helpers: tuple[str, ...]
     empty: bool  # only `pass`, `...` or strings: nothing runs, so nothing needs skipping
     mutated: tuple[str, ...]  # names whose object the body changes: `x.append(...)`, `x[k] = v`
+    target: str | None  # the `as` name of the `with` statement
+    attribute_stores: tuple[tuple[str, str], ...]  # `obj.attr = ...` in the body: (obj, attr)
 
     @cached_property
     def names(self) -> tuple[str, ...]:
@@ -120,7 +125,14 @@ def _capture(statement: ast.With, file: str) -> CapturedBody:
     loaded: set[str] = set()
     stored: dict[str, None] = {}
     mutated: dict[str, None] = {}
+    attribute_stores: dict[tuple[str, str], None] = {}
     for node in _walk_scope(body):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+        ):
+            attribute_stores.setdefault((node.value.id, node.attr), None)
         target = None
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             if node.func.attr in _MUTATORS:
@@ -152,6 +164,18 @@ def _capture(statement: ast.With, file: str) -> CapturedBody:
         tuple(helpers),
         empty,
         tuple(name for name in mutated if name not in stored),
+        _target_name(statement, file),
+        tuple(attribute_stores),
+    )
+
+
+def _target_name(statement: ast.With, file: str) -> str | None:
+    target = statement.items[0].optional_vars
+    if target is None or isinstance(target, ast.Name):
+        return target.id if target is not None else None
+    raise TraceCaptureError(
+        f"{file}:{statement.lineno}: bind the tracer to a plain name "
+        "(`with model.trace(input) as tracer:`)"
     )
 
 
@@ -237,16 +261,23 @@ _previous_trace: list[Any] = []
 
 
 def skip_body(frame: FrameType) -> None:
-    """Make the next line executed in `frame` (the body's first) raise SkipBody."""
+    """Make the next instruction `frame` runs after `__enter__` returns raise SkipBody.
+
+    Raising at the first instruction (an opcode event) keeps the exception inside the `with`
+    statement's handler whatever the body starts with; interpreters that deliver no opcode
+    events here (3.12) raise at the first line event instead. The `as` name is then not yet
+    bound, so the tracer binds it itself.
+    """
     _previous_trace.append(sys.gettrace())
     sys.settrace(_ignore_calls)
+    frame.f_trace_opcodes = True
     frame.f_trace = _raise_skip
-    frame.f_trace_lines = True
 
 
 def restore_tracing(frame: FrameType) -> None:
     """Undo `skip_body`: put back the trace function that was active before."""
     frame.f_trace = None
+    frame.f_trace_opcodes = False
     sys.settrace(_previous_trace.pop() if _previous_trace else None)
 
 
@@ -255,6 +286,6 @@ def _ignore_calls(frame: FrameType, event: str, arg: Any) -> None:
 
 
 def _raise_skip(frame: FrameType, event: str, arg: Any) -> Any:
-    if event == "line":
+    if event == "opcode" or event == "line":
         raise SkipBody()
     return _raise_skip

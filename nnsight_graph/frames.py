@@ -24,7 +24,15 @@ def bind(frame: FrameType, values: dict[str, Any], local_vars: Any = None) -> No
         return
     if local_vars is None:
         local_vars = frame.f_locals
-    if local_vars is frame.f_globals or _WRITE_THROUGH:
+    global_vars = frame.f_globals
+    if local_vars is global_vars:
+        global_vars.update(values)
+        return
+    code = frame.f_code
+    own = {*code.co_varnames, *code.co_cellvars, *code.co_freevars}
+    for name in [n for n in values if n not in own]:
+        global_vars[name] = values.pop(name)  # declared `global` in the function
+    if _WRITE_THROUGH:
         for name, value in values.items():
             local_vars[name] = value
         return

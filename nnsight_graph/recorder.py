@@ -69,16 +69,19 @@ class Recorder:
 
     def add(self, op: Op, target: str = "", args: tuple[Any, ...] = (), **kwargs: Any) -> int:
         """Append a node; return its id."""
+        encode = self.encode
+        # encode first: encoding may record nodes of its own (a pending `.shape`)
+        encoded_args = tuple([encode(a) for a in args]) if args else ()
+        encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else {}
         nodes = self.nodes
         id = len(nodes)
-        encode = self.encode
         nodes.append(
             Node(
                 id,
                 op,
                 target,
-                tuple([encode(a) for a in args]) if args else (),
-                {k: encode(v) for k, v in kwargs.items()} if kwargs else {},
+                encoded_args,
+                encoded_kwargs,
                 self.invoke,
                 self.step,
                 user_location(),

@@ -51,6 +51,15 @@ class Unsaved:
     def __repr__(self) -> str:
         return self._fail()
 
+    @classmethod
+    def __torch_function__(
+        cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        for value in (*args, *(kwargs or {}).values()):
+            if isinstance(value, Unsaved):
+                value._fail()
+        return NotImplemented
+
 
 for _dunder in (
     "__str__",

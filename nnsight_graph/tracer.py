@@ -124,6 +124,8 @@ class Tracer:
         local_vars = frame.f_locals  # read once: on a function frame each read copies
         global_vars = frame.f_globals
         namespace = _namespace(captured, local_vars, global_vars)
+        if captured.target is not None:
+            namespace[captured.target] = self
         body = capture.compile_body(captured, tuple(namespace), global_vars)
         recorder = Recorder()
         self._recorder = recorder
@@ -149,7 +151,24 @@ class Tracer:
         }
         for container in recorder.saved_containers:
             saving.resolve("a saved container", container, saved)
+        _resolve_attributes(captured, variables, global_vars, saved)
+        if captured.target is not None:
+            values.setdefault(captured.target, self)
         frames.bind(frame, values, local_vars)
+
+
+def _resolve_attributes(
+    captured: capture.CapturedBody,
+    variables: dict[str, Any],
+    global_vars: dict[str, Any],
+    saved: dict[int, Any],
+) -> None:
+    """Replace Proxies the body stored as attributes (`self.out = ...`) by their values."""
+    for name, attribute in captured.attribute_stores:
+        owner = variables[name] if name in variables else global_vars.get(name)
+        value = getattr(owner, attribute, None)
+        if isinstance(value, Proxy):
+            setattr(owner, attribute, saving.resolve(f"{name}.{attribute}", value, saved))
 
 
 def _keep_outer_containers(

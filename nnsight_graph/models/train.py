@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="training steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--verbose", action="store_true", help="check the prompts as it trains")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if step % 100 == 0 or step == steps - 1:
             elapsed = time.perf_counter() - start
             print(f"step {step:5d}  loss {loss.item():.4f}  ema {loss_ema:.4f}  {elapsed:.0f}s")
+            if args.verbose:
+                print("   ", check(model, tokenizer))
+                model.train()
 
     elapsed = time.perf_counter() - start
     print(f"trained {steps} steps in {elapsed:.0f}s, final loss (ema) {loss_ema:.4f}")

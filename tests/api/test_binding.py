@@ -211,11 +211,6 @@ def test_cell_variable_read_and_reassigned(model, net, x):
 GLOBAL_OUTPUT = None
 
 
-@pytest.mark.xfail(
-    reason="frames.bind writes a function frame's locals only (PyFrame_LocalsToFast); a name "
-    "declared `global` in the function is silently left unbound",
-    strict=True,
-)
 def test_name_declared_global_in_the_function(model, net, x):
     global GLOBAL_OUTPUT
     with model.trace(x):
@@ -242,11 +237,6 @@ def test_unsaved_value_used_in_python_operations(model, x):
             use()
 
 
-@pytest.mark.xfail(
-    reason="saving.Unsaved has no __torch_function__, so torch functions given an unsaved "
-    "value raise TypeError instead of UnsavedValueError",
-    strict=True,
-)
 def test_unsaved_value_passed_to_a_torch_function(model, x):
     with model.trace(x):
         output = model.output
@@ -279,11 +269,6 @@ def test_method_binding(model, net, x):
     assert torch.equal(output, net(x))
 
 
-@pytest.mark.xfail(
-    reason="saved values are resolved only for names assigned in the body "
-    "(Tracer._run / saving.resolve over captured.stored); an attribute target keeps the Proxy",
-    strict=True,
-)
 def test_method_saving_to_an_attribute(model, net, x):
     probe = Probe(model)
     probe.store_on_self(x)
@@ -384,13 +369,6 @@ def test_trace_nested_in_another_with_block(model, net, x):
     assert torch.equal(out, net(x))
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 11),
-    reason="capture.skip_body raises SkipBody at the body's first line event; from Python 3.11 "
-    "the NOP of a leading `try:` lies outside the with statement's exception-table range, so "
-    "SkipBody escapes the `with` instead of reaching Tracer.__exit__",
-    strict=True,
-)
 def test_body_that_starts_with_try(model, net, x):
     with model.trace(x):
         try:

@@ -352,12 +352,6 @@ def test_later_module_value_from_an_earlier_invoke_can_feed_a_later_read(model, 
     assert torch.allclose(combined, net(x * 2) + net.layer1(x).sum())
 
 
-@pytest.mark.xfail(
-    reason="backends/local.py Run.advance: a cursor blocked on a value of an earlier invoke "
-    "resumes at a later hook and applies its edit to a module value whose hook has already "
-    "returned, so the edit is silently lost instead of raising",
-    strict=True,
-)
 def test_edit_that_needs_a_value_not_yet_computed_raises(model, x):
     with pytest.raises(nnsight.NNsightError):
         with model.trace() as tracer:

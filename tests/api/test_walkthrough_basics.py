@@ -136,13 +136,6 @@ def test_operations_on_values(model, net, x):
     assert torch.allclose(total, hidden.sum() + net.layer2(hidden).sum())
 
 
-ATTRIBUTE_IDS = (
-    "recorder.Recorder.add takes the new node's id (len(nodes)) before encoding its args; "
-    "encoding a pending attribute proxy (.shape, .T, .data) appends a GETATTR node with the "
-    "same id, so the node refers to itself and the run fails with ExecutionError"
-)
-
-
 def test_saving_an_attribute_of_a_value(model, x):
     with model.trace(x):
         shape = model.layer1.output.shape.save()
@@ -150,7 +143,6 @@ def test_saving_an_attribute_of_a_value(model, x):
     assert shape == torch.Size([1, HIDDEN_DIMS])
 
 
-@pytest.mark.xfail(reason=ATTRIBUTE_IDS, strict=True)
 def test_indexing_an_attribute_of_a_value(model, x):
     with model.trace(x):
         width = nnsight.save(model.layer1.output.shape[1])
@@ -158,7 +150,6 @@ def test_indexing_an_attribute_of_a_value(model, x):
     assert width == HIDDEN_DIMS
 
 
-@pytest.mark.xfail(reason=ATTRIBUTE_IDS, strict=True)
 def test_operations_on_an_attribute_of_a_value(model, net, x):
     with model.trace(x):
         transposed_sum = model.layer1.output.T.sum().save()
@@ -223,14 +214,6 @@ def test_in_place_tensor_method(model, net, x):
     assert not torch.allclose(output, net(x))
 
 
-IN_PLACE_KWARGS = (
-    "passes/optimize.has_effect only treats Op.SETITEM/WRITE/SAVE, names ending in '_' and "
-    "augmented operators as effects; a call that writes through inplace=True or out= has no "
-    "effect by that rule, so eliminate_dead_nodes drops it and the edit is silently lost"
-)
-
-
-@pytest.mark.xfail(reason=IN_PLACE_KWARGS, strict=True)
 def test_in_place_through_inplace_keyword(model, net, x):
     with model.trace(x):
         torch.nn.functional.relu(model.layer1.output, inplace=True)
@@ -239,7 +222,6 @@ def test_in_place_through_inplace_keyword(model, net, x):
     assert torch.allclose(output, net.layer2(torch.relu(net.layer1(x))))
 
 
-@pytest.mark.xfail(reason=IN_PLACE_KWARGS, strict=True)
 def test_in_place_through_out_keyword(model, net, x):
     with model.trace(x):
         hidden = model.layer1.output
