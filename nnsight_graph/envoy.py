@@ -10,7 +10,7 @@ import torch
 
 from .ir import GraphBuildError, Op
 from .proxy import Proxy
-from .recorder import Recorder, active
+from .recorder import _ACTIVE, Recorder, active
 
 
 class Envoy:
@@ -109,7 +109,10 @@ class Envoy:
         return f"{self._path}.{what}" if self._path else what
 
     def _read(self, what: str) -> Proxy:
-        return self._recorder(what).proxy(Op.READ, self._site(what))
+        recorder = _ACTIVE[-1] if _ACTIVE else None
+        if recorder is None or recorder.invoke < 0:
+            recorder = self._recorder(what)  # raises, saying what to do
+        return Proxy(recorder, recorder.add(Op.READ, self._site(what)))
 
     def _write(self, what: str, value: Any) -> None:
         self._recorder(what).add(Op.WRITE, self._site(what), (value,))

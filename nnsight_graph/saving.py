@@ -16,8 +16,9 @@ def save(value: Any) -> Any:
 
     Works on any object; outside a trace it returns the value unchanged.
     """
-    if isinstance(value, Proxy):
-        return value.save()
+    if type(value) is Proxy or isinstance(value, Proxy):
+        value._nn_recorder.save(value)
+        return value
     recorder = active()
     if recorder is not None and isinstance(value, _CONTAINERS):
         recorder.saved_containers.append(value)
