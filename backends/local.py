@@ -7,6 +7,7 @@ invokes take their turns in the order they were written, each seeing only its ro
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,7 +16,12 @@ from typing import Any
 import torch
 
 from ..ir import HOOKED, Const, Graph, Node, Op, Ref, mutates, refs
-from ..ir.errors import ExecutionError, ModuleNotCalledError, OutOfOrderError
+from ..ir.errors import (
+    ExecutionError,
+    ModuleNotCalledError,
+    OutOfOrderError,
+    StepsSkippedWarning,
+)
 from ..ir.functions import resolve
 from .batching import merge, narrow
 
@@ -120,6 +126,7 @@ class Run:
         self.saved: dict[int, Any] = {}
         self.remaining = dict(plan.uses)
         self.fired: dict[Site, int] = {}
+        self.skipped: set[int] = set()
         self.cursors = [
             Cursor(nodes, invoke.start, invoke.stop)
             for nodes, invoke in zip(plan.invoke_nodes, self.graph.invokes, strict=True)
@@ -211,23 +218,47 @@ class Run:
         )
 
     def finish(self) -> None:
-        """After the model returned: run what is left, and fail on nodes still waiting."""
+        """After the model returned: run what is left, and fail on nodes still waiting.
+
+        Nodes of steps that may never happen (generation ended early) are skipped with a
+        warning, along with everything computed from them.
+        """
         for cursor in self.cursors:
-            self.advance(cursor, None, 0, None)
-            if cursor.waiting_for is not None:
+            while True:
+                self.advance(cursor, None, 0, None)
+                if cursor.done:
+                    break
                 node = cursor.nodes[cursor.position]
-                raise _with_location(self.missing(cursor.waiting_for), node, self.debug)
-            if not cursor.done:
-                node = cursor.nodes[cursor.position]
-                site, _ = self.plan.sites[node.id]
-                count = self.fired.get(site, 0)
-                raise ModuleNotCalledError(
-                    f"{_describe(node.target)} requested at {node.loc} was never reached: the "
-                    f"module ran {count} time(s) in this run and step {node.step} was asked "
-                    "for. Check the module path, the inputs, and any early stop."
-                )
+                waiting = cursor.waiting_for
+                if waiting is not None and waiting.id not in self.skipped:
+                    raise _with_location(self.missing(waiting), node, self.debug)
+                if waiting is None and node.id not in self.graph.optional:
+                    site, _ = self.plan.sites[node.id]
+                    count = self.fired.get(site, 0)
+                    raise ModuleNotCalledError(
+                        f"{_describe(node.target)} requested at {node.loc} was never reached: "
+                        f"the module ran {count} time(s) in this run and step {node.step} was "
+                        "asked for. Check the module path, the inputs, and any early stop."
+                    )
+                self.skip(cursor, node)
         for node in self.plan.tail_nodes:
             self.run_node(node)
+
+    def skip(self, cursor: Cursor, node: Node) -> None:
+        """Pass over a node of a step that never happened (and what depends on it)."""
+        if not self.skipped and node.op in HOOKED:
+            site, _ = self.plan.sites[node.id]
+            warnings.warn(
+                f"{_describe(node.target)} at {node.loc}: step {node.step} never happened "
+                f"(the module ran {self.fired.get(site, 0)} time(s), for example because "
+                "generation ended early); that step's interventions were skipped",
+                StepsSkippedWarning,
+                stacklevel=2,
+            )
+        self.skipped.add(node.id)
+        cursor.waiting_for = None
+        cursor.position += 1
+        self.release(node)
 
     # nodes -------------------------------------------------------------------------------
 
@@ -394,12 +425,14 @@ def _with_location(error: Exception, node: Node, debug: bool) -> Exception:
 def execute(
     plan: Plan,
     constants: list[Any],
-    root: torch.nn.Module,
+    module_at: Callable[[str], torch.nn.Module],
     call: Callable[[], Any],
     total_rows: int,
     debug: bool = True,
 ) -> dict[int, Any]:
-    """Run `call()` (which runs `root`) with the plan's interventions; return saved values.
+    """Run `call()` with the plan's interventions; return saved values.
+
+    `module_at(path)` finds the module of a hook site ("" is the root).
 
     Hooks exist only while this runs, on the modules the plan needs, and are removed even on
     error. The result maps the id of each saved node to its value after the run.
@@ -408,7 +441,7 @@ def execute(
     handles = []
     try:
         for path, kinds in plan.modules.items():
-            module = root.get_submodule(path)  # looked up each run: submodules can be replaced
+            module = module_at(path)  # looked up each run: submodules can be replaced
             if INPUT in kinds:
                 hook = partial(run.pre_hook, path)
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
@@ -430,4 +463,4 @@ def execute_graph(
     graph: Graph, root: torch.nn.Module, call: Callable[[], Any], total_rows: int
 ) -> dict[int, Any]:
     """Plan and execute a graph in one step (for tools and tests)."""
-    return execute(Plan.build(graph), graph.constants, root, call, total_rows)
+    return execute(Plan.build(graph), graph.constants, root.get_submodule, call, total_rows)

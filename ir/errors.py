@@ -41,3 +41,7 @@ class UnsavedValueError(NNsightError):
 
 class BatchIndexError(BatchError, IndexError):
     """An index into an invoke's value is outside the rows that invoke owns."""
+
+
+class StepsSkippedWarning(UserWarning):
+    """Some steps of an iteration never happened (generation ended early) and were skipped."""

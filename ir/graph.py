@@ -37,6 +37,7 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     constants: list[Any] = field(default_factory=list)
     invokes: list[Invoke] = field(default_factory=list)
+    optional: frozenset[int] = frozenset()  # nodes of steps that may never run (early EOS)
 
     def __str__(self) -> str:
         return "\n".join(str(node) for node in self.nodes)

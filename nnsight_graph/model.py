@@ -35,6 +35,22 @@ class NNsight(Envoy):
         """A tracing context: `with model.trace(input) as tracer:`. The model runs on exit."""
         return Tracer(self, args, kwargs)
 
+    # what a tracer needs from the model ------------------------------------------------------
+
+    def _split_kwargs(
+        self, method: str, kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split trace() keywords into the implicit invoke's inputs and the call's options."""
+        return kwargs, {}
+
+    def _step_limit(self, method: str, call_kwargs: dict[str, Any]) -> int | None:
+        """How many steps `tracer.iter[:]` covers: one forward pass for a plain trace."""
+        return 1
+
+    def _module_at(self, path: str) -> torch.nn.Module:
+        """The module a hook site's path names."""
+        return self._module.get_submodule(path)
+
     # what a backend needs from the model ----------------------------------------------------
 
     def _batch_rows(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
@@ -68,8 +84,11 @@ class NNsight(Envoy):
         args, kwargs = concatenate(decoded)
         return args, kwargs
 
-    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self._module(*args, **kwargs)
+    def _call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> Any:
+        """Run the model on the batched inputs."""
+        return self._module(*args, **kwargs, **options)
 
     def _plan(self, graph: Graph, key: Any) -> Plan:
         """The validated, optimized plan for this graph, reused while the structure repeats."""
@@ -82,20 +101,23 @@ class NNsight(Envoy):
         self._plans[key] = _CachedPlan(graph.nodes, graph.invokes, shapes, facts, plan)
         return plan
 
-    def _execute(self, graph: Graph, total_rows: int, key: Any = None) -> dict[int, Any]:
+    def _execute(
+        self, tracer: Tracer, graph: Graph, total_rows: int, key: Any = None
+    ) -> dict[int, Any]:
         """Validate and optimize the graph, then run the model with it; return saved values."""
         plan = self._plan(graph, key)
         args, kwargs = self._batched_inputs(graph)
-        module = self._module
+        method, options = tracer.method, tracer.call_kwargs
 
         def call() -> Any:
-            return self._call(args, kwargs)
+            return self._call(method, args, kwargs, options)
 
         debug = CONFIG.APP.DEBUG
+        module_at = self._module_at
         if self._facts is not None:
-            return execute(plan, graph.constants, module, call, total_rows, debug)
-        with observed(module, total_rows or None) as observation:
-            saved = execute(plan, graph.constants, module, call, total_rows, debug)
+            return execute(plan, graph.constants, module_at, call, total_rows, debug)
+        with observed(self._module, total_rows or None) as observation:
+            saved = execute(plan, graph.constants, module_at, call, total_rows, debug)
         facts = ModelFacts.from_events(observation.events, observation.tensor_outputs)
         object.__setattr__(self, "_facts", facts)
         return saved

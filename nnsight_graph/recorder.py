@@ -60,6 +60,8 @@ class Recorder:
         self.invokes: list[Invoke] = []
         self.invoke = -1
         self.step = 0
+        self.optional_from: int | None = None  # steps from here on may never happen (EOS)
+        self.optional: set[int] = set()
         self.saved_ids: set[int] = set()
         self.saved_containers: list[Any] = []
         self._constant_index: dict[int, int] = {}
@@ -75,6 +77,8 @@ class Recorder:
         encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else {}
         nodes = self.nodes
         id = len(nodes)
+        if self.optional_from is not None and self.step >= self.optional_from:
+            self.optional.add(id)
         nodes.append(
             Node(
                 id,
@@ -157,6 +161,7 @@ class Recorder:
             self._rows += rows
         self.invokes.append(invoke)
         self.invoke = index
+        self.step = 0
         return index
 
     def close_invoke(self) -> None:
@@ -176,7 +181,9 @@ class Recorder:
                     self.invoke = self.nodes[proxy._nn_node()].invoke
                     self.save(proxy)
         self.invoke = -1
-        return Graph(list(self.nodes), list(self.constants), list(self.invokes))
+        return Graph(
+            list(self.nodes), list(self.constants), list(self.invokes), frozenset(self.optional)
+        )
 
 
 def _proxies_in(value: Any, depth: int = 0) -> Iterator[Proxy]:

@@ -95,8 +95,18 @@ for _dunder in (
 Unsaved.__hash__ = object.__hash__  # type: ignore[method-assign]
 
 
-def resolve(name: str, value: Any, saved: dict[int, Any], depth: int = 0) -> Any:
-    """The object to bind for `value` after the run: saved values replace their Proxies."""
+def resolve(
+    name: str,
+    value: Any,
+    saved: dict[int, Any],
+    optional: frozenset[int] = frozenset(),
+    depth: int = 0,
+) -> Any:
+    """The object to bind for `value` after the run: saved values replace their Proxies.
+
+    In lists, Proxies of steps that never happened (`optional` nodes with no saved value, as
+    when generation ended early) are dropped rather than left as placeholders.
+    """
     if isinstance(value, Proxy):
         node = value._nn_id
         if node is not None and node in saved:
@@ -105,12 +115,16 @@ def resolve(name: str, value: Any, saved: dict[int, Any], depth: int = 0) -> Any
     if depth > 50:
         return value
     if isinstance(value, list):
-        value[:] = [resolve(name, v, saved, depth + 1) for v in value]
+        value[:] = [
+            resolve(name, v, saved, optional, depth + 1)
+            for v in value
+            if not (isinstance(v, Proxy) and v._nn_id in optional and v._nn_id not in saved)
+        ]
         return value
     if type(value) is tuple:
-        return tuple(resolve(name, v, saved, depth + 1) for v in value)
+        return tuple(resolve(name, v, saved, optional, depth + 1) for v in value)
     if type(value) is dict:
         for key in list(value):
-            value[key] = resolve(name, value[key], saved, depth + 1)
+            value[key] = resolve(name, value[key], saved, optional, depth + 1)
         return value
     return value

@@ -10,6 +10,7 @@ from . import capture, frames, saving
 from .ir import Graph, GraphBuildError, Op
 from .proxy import Proxy
 from .recorder import _ACTIVE, Recorder, active, recording
+from .steps import IterIndexer, StepRange, is_steps
 
 if TYPE_CHECKING:
     from .model import NNsight
@@ -45,10 +46,17 @@ class Invoker:
 class Tracer:
     """Records the body of a `with model.trace(...)` block as a Graph, then runs it."""
 
-    def __init__(self, model: NNsight, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: NNsight,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        method: str = "trace",
+    ) -> None:
         self.model = model
+        self.method = method
         self.args = args
-        self.kwargs = kwargs
+        self.kwargs, self.call_kwargs = model._split_kwargs(method, kwargs)
         self.graph: Graph | None = None
         self._recorder: Recorder | None = None
         self._frame: FrameType | None = None
@@ -59,6 +67,22 @@ class Tracer:
     def invoke(self, *args: Any, **kwargs: Any) -> Invoker:
         """A context for one input (or, with no input, the whole batch)."""
         return Invoker(self, args, kwargs)
+
+    @property
+    def iter(self) -> IterIndexer:
+        """Steps of a multi-step run: `with tracer.iter[:] as step:`, `iter[0]`, `iter[1:3]`."""
+        return IterIndexer(self)
+
+    def all(self) -> StepRange:
+        """Every step: the same as `tracer.iter[:]`."""
+        return self.iter[:]
+
+    def next(self, count: int = 1) -> None:
+        """Move this invoke's following module accesses `count` steps (calls) further on."""
+        self._require_recorder("tracer.next()").step += count
+
+    def _step_limit(self) -> int | None:
+        return self.model._step_limit(self.method, self.call_kwargs)
 
     def result(self) -> Proxy:
         """The value the traced call returned (the model's output)."""
@@ -143,14 +167,14 @@ class Tracer:
             self._recorder = None
         self.graph = graph
         key = (captured.file, captured.line)
-        saved = self.model._execute(graph, recorder.total_rows, key) if graph.invokes else {}
+        saved = self.model._execute(self, graph, recorder.total_rows, key) if graph.invokes else {}
         values = {
-            name: saving.resolve(name, variables[name], saved)
+            name: saving.resolve(name, variables[name], saved, graph.optional)
             for name in captured.stored
             if name in variables
         }
         for container in recorder.saved_containers:
-            saving.resolve("a saved container", container, saved)
+            saving.resolve("a saved container", container, saved, graph.optional)
         _resolve_attributes(captured, variables, global_vars, saved)
         if captured.target is not None:
             values.setdefault(captured.target, self)
@@ -191,7 +215,7 @@ def _namespace(
     captured: capture.CapturedBody, local_vars: dict[str, Any], global_vars: dict[str, Any]
 ) -> dict[str, Any]:
     """The caller's variables the body needs, plus the transform's helpers."""
-    namespace: dict[str, Any] = {"__nnsight_save__": saving.save}
+    namespace: dict[str, Any] = {"__nnsight_save__": saving.save, "__nnsight_is_steps__": is_steps}
     for name in capture.preload_names(captured, local_vars, global_vars):
         if name not in namespace:
             namespace[name] = local_vars[name]

@@ -1,0 +1,83 @@
+"""Steps: which call of a module a node refers to (`tracer.iter[...]`, `.all()`, `.next()`).
+
+A module called several times in one run (once per generated token) has a step per call.
+Iteration is unrolled while the trace is recorded, so the step is a plain `int`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .ir import GraphBuildError
+
+if TYPE_CHECKING:
+    from .tracer import Tracer
+
+
+class StepRange:
+    """The steps of one `tracer.iter[...]`: iterate it, or use it as a `with` block.
+
+    Inside a trace body `with tracer.iter[:] as step:` runs its body once per step (the
+    source transform turns it into a loop); outside a body it can be iterated directly.
+    """
+
+    def __init__(self, tracer: Tracer, steps: list[int], bounded: bool) -> None:
+        self.tracer = tracer
+        self.steps = steps
+        self.bounded = bounded  # False for `[:]` and `all()`: generation may end earlier
+
+    def __iter__(self) -> Iterator[int]:
+        recorder = self.tracer._require_recorder("tracer.iter")
+        before = recorder.step
+        optional = recorder.optional_from
+        last = before
+        try:
+            for step in self.steps:
+                recorder.step = step
+                if not self.bounded and step > 0 and optional is None:
+                    recorder.optional_from = step
+                last = step
+                yield step
+        finally:
+            recorder.step = last + 1 if self.steps else before
+            recorder.optional_from = optional
+
+    def __enter__(self) -> int:
+        raise GraphBuildError(
+            "`with tracer.iter[...]` must be written directly inside the trace's `with` block "
+            "(it is unrolled from source); elsewhere write `for step in tracer.iter[...]:`"
+        )
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+
+class IterIndexer:
+    """`tracer.iter`: index it with a step, a slice or a list of steps."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    def __getitem__(self, key: int | slice | list[int]) -> StepRange:
+        limit = self.tracer._step_limit()
+        if isinstance(key, slice):
+            unbounded = key.stop is None
+            if unbounded and limit is None:
+                raise GraphBuildError(
+                    "tracer.iter[:] needs to know how many steps there are: pass "
+                    "max_new_tokens=... to generate(), or give explicit steps (iter[0:3])"
+                )
+            stop = key.stop if key.stop is not None else limit
+            steps = list(range(stop))[key.start : None : key.step]
+            return StepRange(self.tracer, steps, not unbounded)
+        if isinstance(key, int):
+            return StepRange(self.tracer, [key], True)
+        if isinstance(key, (list, tuple)) and all(isinstance(k, int) for k in key):
+            return StepRange(self.tracer, list(key), True)
+        raise TypeError(f"index tracer.iter with an int, a slice or a list of ints, not {key!r}")
+
+
+def is_steps(value: Any) -> bool:
+    """Whether a `with` statement's context is a StepRange (used by the source transform)."""
+    return isinstance(value, StepRange)
