@@ -20,6 +20,7 @@ from .ir import (
     ValidationError,
 )
 from .ir.graph import Graph
+from .language import LanguageModel
 from .model import NNsight
 from .proxy import Proxy
 from .saving import save
@@ -36,6 +37,7 @@ __all__ = [
     "Graph",
     "GraphBuildError",
     "Invoker",
+    "LanguageModel",
     "ModuleNotCalledError",
     "NNsight",
     "NNsightError",
