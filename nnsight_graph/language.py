@@ -188,7 +188,8 @@ class LanguageModel(NNsight):
     def _execute(
         self, tracer: Tracer, graph: Graph, total_rows: int, key: Any = None
     ) -> dict[int, Any]:
-        self.dispatch()
+        if tracer.method != "scan":
+            self.dispatch()
         return super()._execute(tracer, graph, total_rows, key)
 
     def _call(
@@ -199,6 +200,8 @@ class LanguageModel(NNsight):
             options = {"pad_token_id": pad, **options}
             output = self._module.generate(**kwargs, **options)
             return self._generator(output)
+        if method == "scan":
+            options = {**options, "use_cache": False}
         mask = kwargs["attention_mask"]
         if "position_ids" not in options:
             # left padding: positions count real tokens, so a padded prompt equals it alone

@@ -35,6 +35,13 @@ class NNsight(Envoy):
         """A tracing context: `with model.trace(input) as tracer:`. The model runs on exit."""
         return Tracer(self, args, kwargs)
 
+    def scan(self, *args: Any, **kwargs: Any) -> Tracer:
+        """Like trace(), but computes only shapes and dtypes (fake tensors), no real compute.
+
+        Every name assigned in the body is bound afterwards, without `.save()`.
+        """
+        return Tracer(self, args, kwargs, method="scan")
+
     # what a tracer needs from the model ------------------------------------------------------
 
     def _split_kwargs(
@@ -114,6 +121,9 @@ class NNsight(Envoy):
 
         debug = CONFIG.APP.DEBUG
         module_at = self._module_at
+        if method == "scan":
+            with _fake_tensors():
+                return execute(plan, graph.constants, module_at, call, total_rows, debug)
         if self._facts is not None:
             return execute(plan, graph.constants, module_at, call, total_rows, debug)
         with observed(self._module, total_rows or None) as observation:
@@ -140,6 +150,13 @@ class _CachedPlan:
             and graph.nodes == self.nodes
             and graph.invokes == self.invokes
         )
+
+
+def _fake_tensors() -> Any:
+    """A context in which torch computes shapes and dtypes only (real inputs become fake)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=True)
 
 
 def _decode(value: Any, constants: list[Any]) -> Any:

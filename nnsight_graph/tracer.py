@@ -161,6 +161,8 @@ class Tracer:
                     )
                 variables = body(namespace)
                 recorder.close_invoke()
+                if self.method == "scan":
+                    _save_everything(captured, variables, recorder)
                 _keep_outer_containers(captured, local_vars, global_vars, recorder)
             graph = recorder.finish()
         finally:
@@ -179,6 +181,18 @@ class Tracer:
         if captured.target is not None:
             values.setdefault(captured.target, self)
         frames.bind(frame, values, local_vars)
+
+
+def _save_everything(
+    captured: capture.CapturedBody, variables: dict[str, Any], recorder: Recorder
+) -> None:
+    """In a scan, every name the body assigns is kept: its value is cheap (shapes only)."""
+    for name in captured.stored:
+        value = variables.get(name)
+        if isinstance(value, Proxy):
+            recorder.save(value)
+        elif isinstance(value, (list, tuple, dict)):
+            recorder.saved_containers.append(value)
 
 
 def _resolve_attributes(
