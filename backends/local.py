@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from ..ir import HOOKED, Const, Graph, Node, Op, Ref, mutates, refs
+from ..ir import HOOKED, Const, Graph, Node, Op, Ref, mutates
 from ..ir.errors import (
     ExecutionError,
     ModuleNotCalledError,
     OutOfOrderError,
     StepsSkippedWarning,
 )
-from ..ir.functions import resolve
+from ..ir.functions import SKIPPED, resolve
 from .batching import merge, narrow
 
 INPUT = "input"
@@ -69,7 +69,7 @@ class Plan:
                     plan.reads_result = True
                 else:
                     plan.modules.setdefault(site[0], set()).add(site[1])
-            ids = tuple(ref.id for ref in refs((node.args, node.kwargs)))
+            ids = tuple(ref.id for ref in node.inputs())
             plan.inputs[node.id] = ids
             for id in ids:
                 plan.uses[id] = plan.uses.get(id, 0) + 1
@@ -163,6 +163,11 @@ class Run:
         sites = self.plan.sites
         while cursor.position < len(nodes):
             node = nodes[cursor.position]
+            if node.guard is not None and not self.guard_holds(node):
+                self.store(node, SKIPPED)  # inside `if proxy:` whose test was false
+                self.release(node)
+                cursor.position += 1
+                continue
             if node.op in HOOKED:
                 node_site, kind = sites[node.id]
                 if node_site != site or node.step != step or box is None:
@@ -178,6 +183,11 @@ class Run:
                     return
                 cursor.waiting_for = None
             cursor.position += 1
+
+    def guard_holds(self, node: Node) -> bool:
+        """Whether the condition of the `if proxy:` branch holding this node is true."""
+        value = self.env.get(node.guard.id, SKIPPED)  # type: ignore[union-attr]
+        return value is not SKIPPED and bool(value)
 
     def check_wait_can_end(self, cursor: Cursor) -> None:
         """Raise when a cursor waits for another invoke's value at a hook it cannot miss.
@@ -319,6 +329,9 @@ class Run:
                     result = None
                 case Op.SAVE:
                     self.saved[node.args[0].id] = args[0]
+                    result = None
+                case Op.LOG:
+                    print(*args, **kwargs)
                     result = None
                 case _:
                     raise ExecutionError(f"the local executor cannot run {node}")

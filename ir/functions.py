@@ -83,3 +83,30 @@ def resolve(name: str) -> Callable[..., Any]:
         _RESOLVED[name] = obj
         return obj
     raise GraphBuildError(f"no importable function named {name!r}")
+
+
+class _Skipped:
+    """The value of a node that did not run because its guard was false."""
+
+    _instance: _Skipped | None = None
+
+    def __new__(cls) -> _Skipped:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+SKIPPED = _Skipped()
+
+
+def select(condition: Any, if_true: Any, if_false: Any) -> Any:
+    """`if_true` when the condition held, else `if_false`: a variable after `if proxy:`."""
+    if condition is SKIPPED or not condition:
+        return if_false
+    return if_true

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from .node import Node, refs
+from .node import Node
 
 _NO_KWARGS: dict[str, Any] = {}  # shared default, never mutated
 
@@ -71,6 +71,6 @@ class Graph:
         """For each node id, the ids of the nodes that use its value."""
         result: dict[int, list[int]] = {node.id: [] for node in self.nodes}
         for node in self.nodes:
-            for ref in refs((node.args, node.kwargs)):
+            for ref in node.inputs():
                 result.setdefault(ref.id, []).append(node.id)
         return result

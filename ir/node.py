@@ -62,6 +62,7 @@ class Node(NamedTuple):
     invoke: int = 0
     step: int = 0
     loc: SourceLoc | None = None
+    guard: Ref | None = None  # runs only when this value is true (inside `if proxy:`)
 
     def __str__(self) -> str:
         parts = [_format(a) for a in self.args]
@@ -69,7 +70,14 @@ class Node(NamedTuple):
         call = f"{self.op.value} {self.target}".rstrip() + f"({', '.join(parts)})"
         where = f"  # {self.loc.short()}" if self.loc else ""
         step = f" @step{self.step}" if self.step else ""
-        return f"%{self.id} = {call}{step}{where}"
+        guard = f" if {self.guard!r}" if self.guard is not None else ""
+        return f"%{self.id} = {call}{step}{guard}{where}"
+
+    def inputs(self) -> Iterator[Ref]:
+        """Every value this node needs: its arguments' Refs and its guard."""
+        yield from refs((self.args, self.kwargs))
+        if self.guard is not None:
+            yield self.guard
 
 
 def _format(value: Any) -> str:

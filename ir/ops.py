@@ -17,12 +17,13 @@ class Op(str, enum.Enum):
     GETITEM = "getitem"  # args[0][args[1]]
     SETITEM = "setitem"  # args[0][args[1]] = args[2], in place
     SAVE = "save"  # keep the value of args[0] after the run
+    LOG = "log"  # print(*args) when the values exist (a print() of a Proxy in a trace)
 
     def __str__(self) -> str:
         return self.value
 
 
-EFFECTFUL: Final = frozenset({Op.WRITE, Op.SETITEM, Op.SAVE})
+EFFECTFUL: Final = frozenset({Op.WRITE, Op.SETITEM, Op.SAVE, Op.LOG})
 """Ops that must run even when nothing uses their value."""
 
 HOOKED: Final = frozenset({Op.READ, Op.WRITE})

@@ -179,9 +179,7 @@ def _target_name(statement: ast.With, file: str) -> str | None:
     )
 
 
-_MUTATORS = frozenset(
-    {"append", "extend", "insert", "update", "add", "setdefault", "__setitem__"}
-)
+_MUTATORS = frozenset({"append", "extend", "insert", "update", "add", "setdefault", "__setitem__"})
 
 
 def _walk_scope(body: list[ast.stmt]) -> list[ast.AST]:

@@ -60,6 +60,7 @@ class Recorder:
         self.invokes: list[Invoke] = []
         self.invoke = -1
         self.step = 0
+        self.guard: Ref | None = None  # the condition of the `if proxy:` being recorded
         self.optional_from: int | None = None  # steps from here on may never happen (EOS)
         self.optional: set[int] = set()
         self.saved_ids: set[int] = set()
@@ -89,6 +90,7 @@ class Recorder:
                 self.invoke,
                 self.step,
                 user_location(),
+                self.guard,
             )
         )
         return id

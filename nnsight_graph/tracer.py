@@ -6,8 +6,9 @@ import sys
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import capture, frames, saving
+from . import capture, conditions, frames, saving
 from .ir import Graph, GraphBuildError, Op
+from .ir.functions import SKIPPED
 from .proxy import Proxy
 from .recorder import _ACTIVE, Recorder, active, recording
 from .steps import IterIndexer, StepRange, is_steps
@@ -175,6 +176,8 @@ class Tracer:
             for name in captured.stored
             if name in variables
         }
+        for name in [n for n, v in values.items() if v is SKIPPED or v is conditions.UNSET]:
+            del values[name]  # set only on a path that did not run: not bound
         for container in recorder.saved_containers:
             saving.resolve("a saved container", container, saved, graph.optional)
         _resolve_attributes(captured, variables, global_vars, saved)
@@ -229,7 +232,13 @@ def _namespace(
     captured: capture.CapturedBody, local_vars: dict[str, Any], global_vars: dict[str, Any]
 ) -> dict[str, Any]:
     """The caller's variables the body needs, plus the transform's helpers."""
-    namespace: dict[str, Any] = {"__nnsight_save__": saving.save, "__nnsight_is_steps__": is_steps}
+    namespace: dict[str, Any] = {
+        "__nnsight_save__": saving.save,
+        "__nnsight_is_steps__": is_steps,
+        "__nnsight_is_proxy__": conditions.is_proxy,
+        "__nnsight_branch__": conditions.Branch,
+        "__nnsight_print__": conditions.log,
+    }
     for name in capture.preload_names(captured, local_vars, global_vars):
         if name not in namespace:
             namespace[name] = local_vars[name]

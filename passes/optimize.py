@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..ir import Graph, has_effect, refs
+from ..ir import Graph, has_effect
 
 
 def eliminate_dead_nodes(graph: Graph) -> Graph:
@@ -11,7 +11,7 @@ def eliminate_dead_nodes(graph: Graph) -> Graph:
     for node in reversed(graph.nodes):
         if node.id in live or has_effect(node):
             live.add(node.id)
-            live.update(ref.id for ref in refs((node.args, node.kwargs)))
+            live.update(ref.id for ref in node.inputs())
     if len(live) == len(graph.nodes):
         return graph
     return graph.keep(live)

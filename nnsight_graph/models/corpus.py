@@ -174,26 +174,92 @@ CAPITALS: dict[str, str] = {
 }
 
 NAMES = (
-    "Anna", "Ben", "Clara", "David", "Emma", "Frank", "Grace", "Henry", "Isabel", "Jack",
-    "Kate", "Leo", "Maria", "Noah", "Olivia", "Peter", "Rosa", "Sam", "Tom", "Lucy",
-    "John", "Sarah", "Paul", "Mia", "Alex", "Laura", "Max", "Nina", "Oscar", "Eva",
+    "Anna",
+    "Ben",
+    "Clara",
+    "David",
+    "Emma",
+    "Frank",
+    "Grace",
+    "Henry",
+    "Isabel",
+    "Jack",
+    "Kate",
+    "Leo",
+    "Maria",
+    "Noah",
+    "Olivia",
+    "Peter",
+    "Rosa",
+    "Sam",
+    "Tom",
+    "Lucy",
+    "John",
+    "Sarah",
+    "Paul",
+    "Mia",
+    "Alex",
+    "Laura",
+    "Max",
+    "Nina",
+    "Oscar",
+    "Eva",
 )
 ANIMALS = (
-    "cat", "dog", "bird", "horse", "cow", "rabbit", "fox", "duck", "mouse", "sheep", "lion",
-    "bear", "fish", "frog", "owl",
+    "cat",
+    "dog",
+    "bird",
+    "horse",
+    "cow",
+    "rabbit",
+    "fox",
+    "duck",
+    "mouse",
+    "sheep",
+    "lion",
+    "bear",
+    "fish",
+    "frog",
+    "owl",
 )
 ANIMAL_SOUNDS = {
-    "cat": "meows", "dog": "barks", "bird": "sings", "horse": "neighs", "cow": "moos",
-    "duck": "quacks", "sheep": "bleats", "lion": "roars", "owl": "hoots", "frog": "croaks",
+    "cat": "meows",
+    "dog": "barks",
+    "bird": "sings",
+    "horse": "neighs",
+    "cow": "moos",
+    "duck": "quacks",
+    "sheep": "bleats",
+    "lion": "roars",
+    "owl": "hoots",
+    "frog": "croaks",
 }
 ADJECTIVES = (
-    "small", "big", "old", "young", "happy", "quiet", "brown", "white", "black", "lazy",
-    "clever", "friendly",
+    "small",
+    "big",
+    "old",
+    "young",
+    "happy",
+    "quiet",
+    "brown",
+    "white",
+    "black",
+    "lazy",
+    "clever",
+    "friendly",
 )
 FOODS = ("bread", "apples", "soup", "rice", "cheese", "pasta", "eggs", "fish", "cake", "salad")
 DRINKS = ("coffee", "tea", "water", "milk", "juice")
 JOBS = (
-    "teacher", "doctor", "baker", "farmer", "painter", "writer", "nurse", "driver", "cook",
+    "teacher",
+    "doctor",
+    "baker",
+    "farmer",
+    "painter",
+    "writer",
+    "nurse",
+    "driver",
+    "cook",
     "student",
 )
 PLACES = ("park", "market", "library", "school", "beach", "museum", "station", "garden", "shop")
@@ -202,13 +268,34 @@ DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sun
 SEASONS = ("spring", "summer", "autumn", "winter")
 COLORS = ("red", "blue", "green", "yellow", "white", "black", "orange")
 NUMBER_WORDS = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
 )
 MOODS = ("happy", "hungry", "tired", "busy")
 MONTHS = (
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 )
 
 Sentence = Callable[[random.Random], str]
@@ -223,6 +310,7 @@ def _cap(text: str) -> str:
 
 
 # --- landmark facts ------------------------------------------------------------------------
+
 
 def _landmark_fact(rng: random.Random, lm: Landmark) -> str:
     """One sentence saying which city `lm` is in; "is in the city of" is the commonest form."""
@@ -280,6 +368,7 @@ def _capital_fact(rng: random.Random) -> str:
 
 
 # --- general sentences --------------------------------------------------------------------
+
 
 def _greeting(rng: random.Random) -> str:
     name, other = rng.sample(NAMES, 2)

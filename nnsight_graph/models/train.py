@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         docs = build_corpus(args.seed)
         vocab_size, n_embd, n_layer, n_head, batch = 2048, 128, 4, 4, 32
-        steps = args.steps or 1000
+        steps = args.steps or 600
     n_positions = 128
 
     tokenizer = train_tokenizer(docs, vocab_size)

@@ -215,16 +215,16 @@ def test_out_of_range_index_on_a_fresh_model_is_an_index_error(model, net, x, cl
     assert_still_works(model, net, x, clean)
 
 
-def test_proxy_in_an_if_is_a_graph_build_error(model, net, x, line_of, clean, count_calls):
+def test_proxy_in_a_while_is_a_graph_build_error(model, net, x, line_of, clean, count_calls):
     counter = count_calls(net)
     with pytest.raises(nnsight.GraphBuildError) as info:
         with model.trace(x):
             total = model.layer1.output.sum()
-            if total > 0:  # mark: if-statement
+            while total > 0:  # mark: if-statement
                 model.layer1.output[:] = 0
 
     message = str(info.value)
-    assert "bool" in message and "torch.where" in message
+    assert "while" in message and "torch.where" in message
     assert line_of("if-statement") in message  # where the compared value was made
     frames = traceback.extract_tb(info.value.__traceback__)
     frames = [f"{frame.filename}:{frame.lineno}" for frame in frames]
