@@ -131,6 +131,6 @@ def test_steps_on_a_module_called_twice(x):
 
     with model.trace(x) as tracer:
         seen = list().save()
-        for step in tracer.iter[0:2]:
+        for _step in tracer.iter[0:2]:
             seen.append(model.block.output)
     assert torch.allclose(seen[1], second)
