@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from .envoy import Envoy
-from .ir import BatchError, Graph
+from .ir import BatchError, Graph, Op
 from .model import NNsight, _decode
 from .tracer import Tracer
 
 # trace() keywords that are tokenizer inputs of the implicit invoke, not model options
-_INPUT_KEYS = ("attention_mask",)
+_INPUT_KEYS = ("input_ids", "attention_mask")
 
 
 class _Generator(torch.nn.Module):
@@ -22,6 +22,13 @@ class _Generator(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return ids
+
+
+class _GeneratorEnvoy(Envoy):
+    """`llm.generator`: called once per generate(), so its values are always at step 0."""
+
+    def _read(self, what: str) -> Any:
+        return self._recorder(what).once(Op.READ, self._site(what))
 
 
 class LanguageModel(NNsight):
@@ -82,7 +89,7 @@ class LanguageModel(NNsight):
     @property
     def generator(self) -> Envoy:
         """`llm.generator.output`: the ids `generate()` returned (prompt and new tokens)."""
-        return Envoy(self._generator, "generator")
+        return _GeneratorEnvoy(self._generator, "generator")
 
     def generate(self, *inputs: Any, **kwargs: Any) -> Tracer:
         """A tracing context around `model.generate(...)`; keywords go to generate()."""

@@ -99,6 +99,15 @@ class Recorder:
         """Append a node and return a Proxy for its value."""
         return Proxy(self, self.add(op, target, args, **kwargs))
 
+    def once(self, op: Op, target: str) -> Proxy:
+        """A node for a site that fires once per run (the result, the generator): step 0."""
+        step, optional = self.step, self.optional_from
+        self.step, self.optional_from = 0, None
+        try:
+            return self.proxy(op, target)
+        finally:
+            self.step, self.optional_from = step, optional
+
     def encode(self, value: Any) -> Any:
         """An argument as the graph stores it: Ref for Proxies, Const for objects."""
         kind = type(value)

@@ -22,10 +22,9 @@ class StepRange:
     source transform turns it into a loop); outside a body it can be iterated directly.
     """
 
-    def __init__(self, tracer: Tracer, steps: list[int], bounded: bool) -> None:
+    def __init__(self, tracer: Tracer, steps: list[int]) -> None:
         self.tracer = tracer
         self.steps = steps
-        self.bounded = bounded  # False for `[:]` and `all()`: generation may end earlier
 
     def __iter__(self) -> Iterator[int]:
         recorder = self.tracer._require_recorder("tracer.iter")
@@ -35,7 +34,7 @@ class StepRange:
         try:
             for step in self.steps:
                 recorder.step = step
-                if not self.bounded and step > 0 and optional is None:
+                if step > 0 and optional is None:  # generation may end before this step
                     recorder.optional_from = step
                 last = step
                 yield step
@@ -62,19 +61,18 @@ class IterIndexer:
     def __getitem__(self, key: int | slice | list[int]) -> StepRange:
         limit = self.tracer._step_limit()
         if isinstance(key, slice):
-            unbounded = key.stop is None
-            if unbounded and limit is None:
+            if key.stop is None and limit is None:
                 raise GraphBuildError(
                     "tracer.iter[:] needs to know how many steps there are: pass "
                     "max_new_tokens=... to generate(), or give explicit steps (iter[0:3])"
                 )
             stop = key.stop if key.stop is not None else limit
             steps = list(range(stop))[key.start : None : key.step]
-            return StepRange(self.tracer, steps, not unbounded)
+            return StepRange(self.tracer, steps)
         if isinstance(key, int):
-            return StepRange(self.tracer, [key], True)
+            return StepRange(self.tracer, [key])
         if isinstance(key, (list, tuple)) and all(isinstance(k, int) for k in key):
-            return StepRange(self.tracer, list(key), True)
+            return StepRange(self.tracer, list(key))
         raise TypeError(f"index tracer.iter with an int, a slice or a list of ints, not {key!r}")
 
 

@@ -90,7 +90,7 @@ class Tracer:
         recorder = self._require_recorder("tracer.result()")
         if recorder.invoke < 0:
             raise GraphBuildError("call tracer.result() inside an invoke")
-        return recorder.proxy(Op.READ, "result")
+        return recorder.once(Op.READ, "result")
 
     # the with statement -------------------------------------------------------------------
 
