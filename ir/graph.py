@@ -38,6 +38,8 @@ class Graph:
     constants: list[Any] = field(default_factory=list)
     invokes: list[Invoke] = field(default_factory=list)
     optional: frozenset[int] = frozenset()  # nodes of steps that may never run (early EOS)
+    method: str = "trace"  # how the model is run: "trace", "generate", "scan"
+    options: dict[str, Any] = field(default_factory=dict)  # keywords for that call
 
     def __str__(self) -> str:
         return "\n".join(str(node) for node in self.nodes)

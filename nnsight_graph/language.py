@@ -192,12 +192,10 @@ class LanguageModel(NNsight):
         masks = mask if mask is not None else [[1] * len(r) for r in value]
         return [(list(r), [1 if m else 0 for m in k]) for r, k in zip(value, masks, strict=True)]
 
-    def _execute(
-        self, tracer: Tracer, graph: Graph, total_rows: int, key: Any = None
-    ) -> dict[int, Any]:
-        if tracer.method != "scan":
+    def _execute(self, graph: Graph, total_rows: int, key: Any = None) -> dict[int, Any]:
+        if graph.method != "scan":
             self.dispatch()
-        return super()._execute(tracer, graph, total_rows, key)
+        return super()._execute(graph, total_rows, key)
 
     def _call(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]

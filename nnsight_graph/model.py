@@ -108,13 +108,17 @@ class NNsight(Envoy):
         self._plans[key] = _CachedPlan(graph.nodes, graph.invokes, shapes, facts, plan)
         return plan
 
-    def _execute(
-        self, tracer: Tracer, graph: Graph, total_rows: int, key: Any = None
-    ) -> dict[int, Any]:
+    def run(self, graph: Graph) -> dict[int, Any]:
+        """Run a recorded (or loaded) graph on this model; return saved values by node id."""
+        rows = max((inv.stop or 0 for inv in graph.invokes), default=0)
+        return self._execute(graph, rows)
+
+    def _execute(self, graph: Graph, total_rows: int, key: Any = None) -> dict[int, Any]:
         """Validate and optimize the graph, then run the model with it; return saved values."""
         plan = self._plan(graph, key)
         args, kwargs = self._batched_inputs(graph)
-        method, options = tracer.method, tracer.call_kwargs
+        method = graph.method
+        options = _decode(graph.options, graph.constants) if graph.options else {}
 
         def call() -> Any:
             return self._call(method, args, kwargs, options)

@@ -166,11 +166,13 @@ class Tracer:
                     _save_everything(captured, variables, recorder)
                 _keep_outer_containers(captured, local_vars, global_vars, recorder)
             graph = recorder.finish()
+            graph.method = self.method
+            graph.options = {k: recorder.encode(v) for k, v in self.call_kwargs.items()}
         finally:
             self._recorder = None
         self.graph = graph
         key = (captured.file, captured.line)
-        saved = self.model._execute(self, graph, recorder.total_rows, key) if graph.invokes else {}
+        saved = self.model._execute(graph, recorder.total_rows, key) if graph.invokes else {}
         values = {
             name: saving.resolve(name, variables[name], saved, graph.optional)
             for name in captured.stored
