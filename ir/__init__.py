@@ -18,7 +18,7 @@ from .errors import (
     ValidationError,
 )
 from .graph import Graph, Invoke
-from .node import Const, Node, Ref, SourceLoc, refs
+from .node import Const, Node, Ref, SourceLoc, ref, refs
 from .ops import EFFECTFUL, HOOKED, Op
 
 __all__ = [
@@ -44,5 +44,6 @@ __all__ = [
     "ValidationError",
     "has_effect",
     "mutates",
+    "ref",
     "refs",
 ]

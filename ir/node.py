@@ -19,6 +19,18 @@ class Ref:
         return f"%{self.id}"
 
 
+_REFS: list[Ref] = []
+
+
+def ref(id: int) -> Ref:
+    """The Ref for a node id, shared: equal graphs then compare by identity, which is fast."""
+    try:
+        return _REFS[id]
+    except IndexError:
+        _REFS.extend(Ref(i) for i in range(len(_REFS), id + 1))
+        return _REFS[id]
+
+
 @dataclass(frozen=True, slots=True)
 class Const:
     """A reference to an entry of the graph's constant table (tensors and other objects)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ir import GraphBuildError, Op, Ref
+from .ir import GraphBuildError, Op, ref
 from .proxy import Proxy
 from .recorder import active
 
@@ -38,12 +38,12 @@ class Branch:
         self.names = names
         self.before = {name: variables.get(name, UNSET) for name in names}
         self.after_then: dict[str, Any] = {}
-        recorder.guard = Ref(self.condition._nn_node())
+        recorder.guard = ref(self.condition._nn_node())
 
     def orelse(self, variables: dict[str, Any]) -> None:
         """The true branch ended: remember its values, start the false branch."""
         self.after_then = {name: variables.get(name, UNSET) for name in self.names}
-        self.recorder.guard = Ref(self.negation._nn_node())
+        self.recorder.guard = ref(self.negation._nn_node())
 
     def value_before(self, name: str) -> Any:
         """A variable's value before the `if` (what the false branch starts from)."""

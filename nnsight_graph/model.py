@@ -12,7 +12,7 @@ from .backends.batching import batch_size, concatenate
 from .backends.observe import observed
 from .config import CONFIG
 from .envoy import Envoy
-from .ir import BatchError, Const, Graph, Invoke, Node
+from .ir import BatchError, Const, Graph, Invoke, Node, Op
 from .passes import ModelFacts, run_passes
 from .tracer import Tracer
 
@@ -100,12 +100,11 @@ class NNsight(Envoy):
     def _plan(self, graph: Graph, key: Any) -> Plan:
         """The validated, optimized plan for this graph, reused while the structure repeats."""
         facts: ModelFacts | None = self._facts
-        shapes = tuple(getattr(c, "shape", None) for c in graph.constants)
         cached: _CachedPlan | None = self._plans.get(key)
-        if cached is not None and cached.matches(graph, shapes, facts):
+        if cached is not None and cached.matches(graph, facts):
             return cached.plan
         plan = Plan.build(run_passes(graph, facts))
-        self._plans[key] = _CachedPlan(graph.nodes, graph.invokes, shapes, facts, plan)
+        self._plans[key] = _CachedPlan.of(graph, facts, plan)
         return plan
 
     def run(self, graph: Graph) -> dict[int, Any]:
@@ -139,21 +138,42 @@ class NNsight(Envoy):
 
 @dataclass(frozen=True)
 class _CachedPlan:
-    """A plan and the recorded structure it was built for."""
+    """A plan and the recorded structure it was built for.
+
+    Validation also looked at the shapes of the constants written into the model, so those
+    are part of the structure; other constants (the inputs) may change freely.
+    """
 
     nodes: list[Node]
     invokes: list[Invoke]
+    checked: tuple[int, ...]
     shapes: tuple[Any, ...]
     facts: ModelFacts | None
     plan: Plan
 
-    def matches(self, graph: Graph, shapes: tuple[Any, ...], facts: ModelFacts | None) -> bool:
+    @classmethod
+    def of(cls, graph: Graph, facts: ModelFacts | None, plan: Plan) -> _CachedPlan:
+        checked = tuple(
+            arg.index
+            for node in graph.nodes
+            if node.op is Op.WRITE
+            for arg in node.args
+            if isinstance(arg, Const)
+        )
+        shapes = _shapes(graph, checked)
+        return cls(graph.nodes, graph.invokes, checked, shapes, facts, plan)
+
+    def matches(self, graph: Graph, facts: ModelFacts | None) -> bool:
         return (
             facts is self.facts
-            and shapes == self.shapes
             and graph.nodes == self.nodes
             and graph.invokes == self.invokes
+            and _shapes(graph, self.checked) == self.shapes
         )
+
+
+def _shapes(graph: Graph, indices: tuple[int, ...]) -> tuple[Any, ...]:
+    return tuple(getattr(graph.constants[i], "shape", None) for i in indices)
 
 
 def _fake_tensors() -> Any:

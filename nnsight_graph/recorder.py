@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc
+from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc, ref
 from .proxy import Proxy
 
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
@@ -117,7 +117,7 @@ class Recorder:
                     "a value from another trace was used here; save it in that trace with "
                     ".save() and use the saved value, or use model.session()"
                 )
-            return Ref(value._nn_node())
+            return ref(value._nn_node())
         if kind in _PRIMITIVE_TYPES:
             return value
         if kind is torch.Tensor or isinstance(value, torch.Tensor):
@@ -192,9 +192,7 @@ class Recorder:
                     self.invoke = self.nodes[proxy._nn_node()].invoke
                     self.save(proxy)
         self.invoke = -1
-        return Graph(
-            list(self.nodes), list(self.constants), list(self.invokes), frozenset(self.optional)
-        )
+        return Graph(self.nodes, self.constants, self.invokes, frozenset(self.optional))
 
 
 def _proxies_in(value: Any, depth: int = 0) -> Iterator[Proxy]:
