@@ -28,6 +28,7 @@ from .batching import merge, narrow
 INPUT = "input"
 OUTPUT = "output"
 RESULT = "result"
+GRAD = "grad"
 Site = tuple[str, str]  # (module path, hook kind): ("layer1", "output"), ("", "result")
 
 
@@ -56,13 +57,19 @@ class Plan:
     inputs: dict[int, tuple[int, ...]] = field(default_factory=dict)
     flat: set[int] = field(default_factory=set)
     reads_result: bool = False
+    grads: dict[int, dict[int, Site]] = field(default_factory=dict)  # backward -> tensor -> site
 
     @classmethod
     def build(cls, graph: Graph) -> Plan:
         """Group the nodes by invoke, find the hook sites and count each value's uses."""
         plan = cls(graph, invoke_nodes=[[] for _ in graph.invokes])
         for node in graph.nodes:
-            if node.op in HOOKED:
+            if node.op in HOOKED and node.target == GRAD:
+                tensor, backward = node.args[0].id, node.args[1].id
+                site = (f"{tensor}/{backward}", GRAD)
+                plan.sites[node.id] = (site, GRAD)
+                plan.grads.setdefault(backward, {})[tensor] = site
+            elif node.op in HOOKED:
                 site, kind = parse_target(node.target)
                 plan.sites[node.id] = (site, kind)
                 if site[1] == RESULT:
@@ -98,10 +105,11 @@ class SiteValue:
 class Cursor:
     """One invoke's position in its nodes, and the batch rows it owns."""
 
-    __slots__ = ("nodes", "start", "stop", "position", "last_hooked", "waiting_for")
+    __slots__ = ("nodes", "start", "stop", "position", "last_hooked", "waiting_for", "fence")
 
     def __init__(self, nodes: list[Node], start: int, stop: int | None) -> None:
         self.nodes = nodes
+        self.fence = len(nodes)  # during a backward pass: where its gradient work ends
         self.start = start
         self.stop = stop
         self.position = 0
@@ -161,7 +169,7 @@ class Run:
         """Run the cursor's nodes until one waits for a hook other than this one."""
         nodes = cursor.nodes
         sites = self.plan.sites
-        while cursor.position < len(nodes):
+        while cursor.position < cursor.fence:
             node = nodes[cursor.position]
             if node.guard is not None and not self.guard_holds(node):
                 self.store(node, SKIPPED)  # inside `if proxy:` whose test was false
@@ -175,6 +183,14 @@ class Run:
                     return
                 self.run_hooked(cursor, node, kind, box)
                 cursor.last_hooked = node
+            elif node.op is Op.BACKWARD:
+                cursor.position += 1  # its gradient hooks advance this cursor re-entrantly
+                fence, cursor.fence = cursor.fence, _gradient_work_end(cursor, node)
+                try:
+                    self.run_backward(node)
+                finally:
+                    cursor.fence = fence
+                continue
             else:
                 try:
                     self.run_node(node)
@@ -216,6 +232,12 @@ class Run:
         if self.fired.get(site, 0) <= node.step:
             return
         previous = cursor.last_hooked
+        if node.target == GRAD:
+            raise OutOfOrderError(
+                f"the .grad requested at {node.loc} was already computed and passed on: "
+                "gradients arrive in reverse order of the forward pass, so read the .grad of "
+                "later values first (for example layer 5 before layer 0)"
+            )
         after = (
             f" after reading {_describe(previous.target)} at {previous.loc}"
             if previous is not None
@@ -242,6 +264,11 @@ class Run:
                 waiting = cursor.waiting_for
                 if waiting is not None and waiting.id not in self.skipped:
                     raise _with_location(self.missing(waiting), node, self.debug)
+                if waiting is None and node.target == GRAD:
+                    raise ExecutionError(
+                        f"the gradient requested at {node.loc} was never computed: the loss "
+                        "does not depend on that value, or the backward pass never reached it"
+                    )
                 if waiting is None and node.id not in self.graph.optional:
                     site, _ = self.plan.sites[node.id]
                     count = self.fired.get(site, 0)
@@ -275,7 +302,7 @@ class Run:
     def run_hooked(self, cursor: Cursor, node: Node, kind: str, box: SiteValue) -> None:
         """READ or WRITE at the site this hook is firing for, on this invoke's rows."""
         stop = cursor.stop
-        whole = stop is None or (cursor.start == 0 and stop == self.total)
+        whole = stop is None or kind == GRAD or (cursor.start == 0 and stop == self.total)
         try:
             if node.op is Op.READ:
                 value = _project(box.full, kind)
@@ -283,7 +310,7 @@ class Run:
                     value = narrow(value, cursor.start, stop, self.total)
                 self.store(node, value)
                 return
-            new = self.value(node.args[0])
+            new = self.value(node.args[-1])
             if stop is not None and not whole:
                 new = merge(_project(box.full, kind), new, cursor.start, stop, self.total)
             box.full = _inject(box.full, kind, new)
@@ -294,6 +321,65 @@ class Run:
             raise
         finally:
             self.release(node)
+
+    def run_backward(self, node: Node) -> None:
+        """Run `loss.backward()`, firing a gradient site for each value whose .grad is used."""
+        try:
+            loss, *rest = self.value(node.args)
+            kwargs = self.value(node.kwargs) if node.kwargs else {}
+        except _Missing as missing:
+            raise _with_location(self.missing(missing.ref), node, self.debug) from None
+        handles = []
+        try:
+            for tensor_id, site in self.plan.grads.get(node.id, {}).items():
+                tensor = self.env[tensor_id]
+                if not getattr(tensor, "requires_grad", False):
+                    source = self.graph.node(tensor_id)
+                    raise ExecutionError(
+                        f"the .grad of the value from {source.loc} was requested, but that "
+                        "value does not require grad: call .requires_grad_(True) on it "
+                        "before computing the loss"
+                    )
+                handles.append(self.hook_grad(tensor, site))
+            loss.backward(*rest, **kwargs)
+        except Exception as error:
+            _with_location(error, node, self.debug)
+            raise
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.release(node)
+
+    def hook_grad(self, tensor: torch.Tensor, site: Site) -> Any:
+        """Fire `site` with the gradient of `tensor` during the backward pass.
+
+        A view (`output[0]`, an invoke's rows) is often not itself on the path to the loss:
+        its gradient is then read from, and written into, the matching part of its base's.
+        """
+        base = tensor._base
+        if base is None:
+            return tensor.register_hook(partial(self.grad_hook, site))
+        layout = (tensor.size(), tensor.stride(), tensor.storage_offset() - base.storage_offset())
+        return base.register_hook(partial(self.view_grad_hook, site, layout, base.stride()))
+
+    def grad_hook(self, site: Site, grad: Any) -> Any:
+        new = self.fire(site, grad)
+        return None if new is grad else new
+
+    def view_grad_hook(
+        self, site: Site, layout: tuple[Any, Any, int], base_stride: Any, grad: Any
+    ) -> Any:
+        if grad.stride() != base_stride:
+            raise ExecutionError(
+                "the gradient of a view could not be located in its base's gradient (their "
+                "memory layouts differ); take .grad of the module's whole output instead"
+            )
+        size, stride, offset = layout
+        view = grad.as_strided(size, stride, grad.storage_offset() + offset)
+        new = self.fire(site, view)
+        if new is not view:
+            view.copy_(new)
+        return grad
 
     def run_node(self, node: Node) -> None:
         """Run one node that needs no hook."""
@@ -389,6 +475,23 @@ class _Missing(Exception):
         self.ref = ref
 
 
+def _gradient_work_end(cursor: Cursor, backward: Node) -> int:
+    """Where the nodes that use this backward pass's gradients end, in the cursor's nodes.
+
+    They run inside the gradient hooks (where autograd records nothing); everything after
+    them runs once the backward pass has returned.
+    """
+    derived: set[int] = set()
+    end = cursor.position
+    for index in range(cursor.position, len(cursor.nodes)):
+        node = cursor.nodes[index]
+        reads_grad = node.target == GRAD and node.args[1].id == backward.id
+        if reads_grad or any(ref.id in derived for ref in node.inputs()):
+            derived.add(node.id)
+            end = index + 1
+    return end
+
+
 def _project(full: Any, kind: str) -> Any:
     """What a READ of `kind` sees of the site's value."""
     if kind == "input":
@@ -417,6 +520,8 @@ def _inject(full: Any, kind: str, new: Any) -> Any:
 
 
 def _describe(target: str) -> str:
+    if target == GRAD:
+        return "a .grad"
     return "tracer.result()" if target == RESULT else f"model.{target}"
 
 

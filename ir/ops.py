@@ -7,7 +7,11 @@ from typing import Final
 
 
 class Op(str, enum.Enum):
-    """What a node does. The value is the wire name: never rename or reuse one."""
+    """What a node does. The value is the wire name: never rename or reuse one.
+
+    READ and WRITE with target "grad" address the gradient of args[0] during the backward
+    pass of the BACKWARD node args[1]; a WRITE's value is always its last argument.
+    """
 
     READ = "read"  # value at a hook site; target = "layer1.output", "h.0.input", "result"
     WRITE = "write"  # replace the value at a hook site with args[0]
@@ -18,12 +22,13 @@ class Op(str, enum.Enum):
     SETITEM = "setitem"  # args[0][args[1]] = args[2], in place
     SAVE = "save"  # keep the value of args[0] after the run
     LOG = "log"  # print(*args) when the values exist (a print() of a Proxy in a trace)
+    BACKWARD = "backward"  # args[0].backward(*args[1:]); grads of earlier values are hook sites
 
     def __str__(self) -> str:
         return self.value
 
 
-EFFECTFUL: Final = frozenset({Op.WRITE, Op.SETITEM, Op.SAVE, Op.LOG})
+EFFECTFUL: Final = frozenset({Op.WRITE, Op.SETITEM, Op.SAVE, Op.LOG, Op.BACKWARD})
 """Ops that must run even when nothing uses their value."""
 
 HOOKED: Final = frozenset({Op.READ, Op.WRITE})

@@ -118,6 +118,14 @@ class Envoy:
         self._recorder(what).add(Op.WRITE, self._site(what), (value,))
 
     @property
+    def grad(self) -> Any:
+        """Not available: gradients belong to values, not modules."""
+        raise GraphBuildError(
+            f"{self._describe()} is a module; gradients belong to values. Use "
+            f"{self._describe()}.output.grad inside `with loss.backward():`"
+        )
+
+    @property
     def output(self) -> Proxy:
         """The module's return value."""
         return self._read("output")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .gradients import Backward, read_grad, write_grad
 from .ir import GraphBuildError, Op
 from .ir.functions import qualified_name
 
@@ -55,12 +56,24 @@ class Proxy:
         self._nn_recorder.save(self)
         return self
 
+    def backward(self, *args: Any, **kwargs: Any) -> Backward:
+        """Run the backward pass from this value; `with loss.backward():` gives access to .grad."""
+        return Backward(self, args, kwargs)
+
+    @property
+    def grad(self) -> Proxy:
+        """The gradient of this value (inside `with loss.backward():` only)."""
+        return read_grad(self)
+
     def __getattr__(self, name: str) -> Proxy:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         return Proxy(self._nn_recorder, None, self, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "grad":
+            write_grad(self, value)
+            return
         raise GraphBuildError(
             f"cannot set attribute {name!r} on a traced value; use an in-place method instead "
             f"(for example .requires_grad_(True)) or assign to a module's .output"

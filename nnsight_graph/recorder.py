@@ -61,6 +61,7 @@ class Recorder:
         self.invoke = -1
         self.step = 0
         self.guard: Ref | None = None  # the condition of the `if proxy:` being recorded
+        self.backward: list[int] = []  # the `with loss.backward():` blocks being recorded
         self.optional_from: int | None = None  # steps from here on may never happen (EOS)
         self.optional: set[int] = set()
         self.saved_ids: set[int] = set()
@@ -99,12 +100,12 @@ class Recorder:
         """Append a node and return a Proxy for its value."""
         return Proxy(self, self.add(op, target, args, **kwargs))
 
-    def once(self, op: Op, target: str) -> Proxy:
+    def once(self, op: Op, target: str, args: tuple[Any, ...] = ()) -> Proxy:
         """A node for a site that fires once per run (the result, the generator): step 0."""
         step, optional = self.step, self.optional_from
         self.step, self.optional_from = 0, None
         try:
-            return self.proxy(op, target)
+            return self.proxy(op, target, args)
         finally:
             self.step, self.optional_from = step, optional
 
@@ -118,7 +119,7 @@ class Recorder:
                     ".save() and use the saved value, or use model.session()"
                 )
             return ref(value._nn_node())
-        if kind in _PRIMITIVE_TYPES:
+        if kind in _PRIMITIVE_TYPES or kind is Ref:
             return value
         if kind is torch.Tensor or isinstance(value, torch.Tensor):
             return self.constant(value)
