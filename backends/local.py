@@ -24,6 +24,7 @@ from ..ir.errors import (
 )
 from ..ir.functions import SKIPPED, resolve
 from .batching import merge, narrow
+from .control import StopRun, skipped_modules
 
 INPUT = "input"
 OUTPUT = "output"
@@ -37,7 +38,7 @@ def parse_target(target: str) -> tuple[Site, str]:
     if target == RESULT:
         return ("", RESULT), RESULT
     path, _, kind = target.rpartition(".")
-    return (path, INPUT if kind in ("input", "inputs") else OUTPUT), kind
+    return (path, INPUT if kind in ("input", "inputs", "skip") else OUTPUT), kind
 
 
 @dataclass
@@ -58,6 +59,9 @@ class Plan:
     flat: set[int] = field(default_factory=set)
     reads_result: bool = False
     grads: dict[int, dict[int, Site]] = field(default_factory=dict)  # backward -> tensor -> site
+    skips: set[str] = field(default_factory=set)  # modules whose forward may be skipped
+    caches: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    cached: dict[Site, list[int]] = field(default_factory=dict)  # site -> CACHE nodes
 
     @classmethod
     def build(cls, graph: Graph) -> Plan:
@@ -76,6 +80,15 @@ class Plan:
                     plan.reads_result = True
                 else:
                     plan.modules.setdefault(site[0], set()).add(site[1])
+                if kind == "skip":
+                    plan.skips.add(site[0])
+            elif node.op is Op.CACHE:
+                paths, kinds = tuple(node.kwargs["paths"]), tuple(node.kwargs["kinds"])
+                plan.caches[node.id] = (paths, kinds)
+                for path in paths:
+                    for kind in kinds:
+                        plan.modules.setdefault(path, set()).add(kind)
+                        plan.cached.setdefault((path, kind), []).append(node.id)
             ids = tuple(ref.id for ref in node.inputs())
             plan.inputs[node.id] = ids
             for id in ids:
@@ -105,9 +118,12 @@ class SiteValue:
 class Cursor:
     """One invoke's position in its nodes, and the batch rows it owns."""
 
-    __slots__ = ("nodes", "start", "stop", "position", "last_hooked", "waiting_for", "fence")
+    __slots__ = (
+        "index", "nodes", "start", "stop", "position", "last_hooked", "waiting_for", "fence"
+    )
 
-    def __init__(self, nodes: list[Node], start: int, stop: int | None) -> None:
+    def __init__(self, index: int, nodes: list[Node], start: int, stop: int | None) -> None:
+        self.index = index
         self.nodes = nodes
         self.fence = len(nodes)  # during a backward pass: where its gradient work ends
         self.start = start
@@ -135,9 +151,16 @@ class Run:
         self.remaining = dict(plan.uses)
         self.fired: dict[Site, int] = {}
         self.skipped: set[int] = set()
+        self.stopped = False
+        self.skip_values: dict[str, list[Any]] = {}
+        self.arrived: dict[str, set[int]] = {}
+        self.released = False  # a barrier opened during this hook: give waiting invokes a turn
+        self.cache: dict[int, dict[Site, list[Any]]] = {id: {} for id in plan.caches}
         self.cursors = [
-            Cursor(nodes, invoke.start, invoke.stop)
-            for nodes, invoke in zip(plan.invoke_nodes, self.graph.invokes, strict=True)
+            Cursor(index, nodes, invoke.start, invoke.stop)
+            for index, (nodes, invoke) in enumerate(
+                zip(plan.invoke_nodes, self.graph.invokes, strict=True)
+            )
         ]
 
     # hooks -------------------------------------------------------------------------------
@@ -147,11 +170,16 @@ class Run:
         step = self.fired.get(site, 0)
         self.fired[site] = step + 1
         box = SiteValue(value, site[1])
-        for cursor in self.cursors:
-            if cursor.position < len(cursor.nodes):
-                self.advance(cursor, site, step, box)
-                if cursor.waiting_for is not None:
-                    self.check_wait_can_end(cursor)
+        self.released = True
+        while self.released:
+            self.released = False
+            for cursor in self.cursors:
+                if cursor.position < len(cursor.nodes):
+                    self.advance(cursor, site, step, box)
+                    if cursor.waiting_for is not None:
+                        self.check_wait_can_end(cursor)
+        for cache in self.plan.cached.get(site, ()):
+            self.cache[cache].setdefault(site, []).append(box.full)
         return box.full
 
     def pre_hook(self, path: str, module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
@@ -183,6 +211,19 @@ class Run:
                     return
                 self.run_hooked(cursor, node, kind, box)
                 cursor.last_hooked = node
+            elif node.op is Op.STOP:
+                cursor.position += 1
+                self.release(node)
+                raise StopRun()
+            elif node.op is Op.BARRIER:
+                arrived = self.arrived.setdefault(node.target, set())
+                if cursor.index not in arrived:
+                    arrived.add(cursor.index)
+                    self.released = len(arrived) == node.args[0] or self.released
+                if len(arrived) < node.args[0]:
+                    return  # wait for the other participants
+                cursor.position += 1
+                continue
             elif node.op is Op.BACKWARD:
                 cursor.position += 1  # its gradient hooks advance this cursor re-entrantly
                 fence, cursor.fence = cursor.fence, _gradient_work_end(cursor, node)
@@ -262,6 +303,21 @@ class Run:
                     break
                 node = cursor.nodes[cursor.position]
                 waiting = cursor.waiting_for
+                if self.stopped:
+                    self.skipped.add(node.id)  # after tracer.stop(): never runs, no error
+                    cursor.position += 1
+                    self.release(node)
+                    continue
+                if node.op is Op.BARRIER:
+                    arrived = len(self.arrived.get(node.target, ()))
+                    raise _with_location(
+                        ExecutionError(
+                            f"barrier({node.args[0]}) reached by only {arrived} invoke(s): "
+                            "call it in as many invokes as it has participants"
+                        ),
+                        node,
+                        self.debug,
+                    )
                 if waiting is not None and waiting.id not in self.skipped:
                     raise _with_location(self.missing(waiting), node, self.debug)
                 if waiting is None and node.target == GRAD:
@@ -278,8 +334,11 @@ class Run:
                         "asked for. Check the module path, the inputs, and any early stop."
                     )
                 self.skip(cursor, node)
+        for id, values in self.cache.items():
+            self.saved[id] = values
         for node in self.plan.tail_nodes:
-            self.run_node(node)
+            if not self.stopped:
+                self.run_node(node)
 
     def skip(self, cursor: Cursor, node: Node) -> None:
         """Pass over a node of a step that never happened (and what depends on it)."""
@@ -311,6 +370,15 @@ class Run:
                 self.store(node, value)
                 return
             new = self.value(node.args[-1])
+            if kind == "skip":
+                if not whole:
+                    raise ExecutionError(
+                        "skip() in an invoke that owns only some of the batch rows cannot "
+                        "stop the module from running for the others; skip it in every "
+                        "invoke's place with one prompt-less tracer.invoke()"
+                    )
+                self.skip_values.setdefault(node.target.rpartition(".")[0], []).append(new)
+                return
             if stop is not None and not whole:
                 new = merge(_project(box.full, kind), new, cursor.start, stop, self.total)
             box.full = _inject(box.full, kind, new)
@@ -419,6 +487,8 @@ class Run:
                 case Op.LOG:
                     print(*args, **kwargs)
                     result = None
+                case Op.CACHE:
+                    result = None  # values are captured at the hooks (see fire)
                 case _:
                     raise ExecutionError(f"the local executor cannot run {node}")
         except Exception as error:
@@ -565,12 +635,16 @@ def execute(
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             if OUTPUT in kinds:
                 handles.append(module.register_forward_hook(partial(run.post_hook, path)))
-        for cursor in run.cursors:
-            run.advance(cursor, None, 0, None)
-        result = call()
-        if plan.reads_result:
-            run.fire(("", RESULT), result)
-        run.finish()
+        with skipped_modules(plan.skips, module_at, run.skip_values):
+            try:
+                for cursor in run.cursors:
+                    run.advance(cursor, None, 0, None)
+                result = call()
+                if plan.reads_result:
+                    run.fire(("", RESULT), result)
+            except StopRun:
+                run.stopped = True
+            run.finish()
     finally:
         for handle in handles:
             handle.remove()

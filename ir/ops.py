@@ -23,13 +23,29 @@ class Op(str, enum.Enum):
     SAVE = "save"  # keep the value of args[0] after the run
     LOG = "log"  # print(*args) when the values exist (a print() of a Proxy in a trace)
     BACKWARD = "backward"  # args[0].backward(*args[1:]); grads of earlier values are hook sites
+    SKIP = "skip"  # the module at target ("h.1.skip") does not run; its output is args[0]
+    STOP = "stop"  # end the model's run here; what was saved so far is kept
+    BARRIER = "barrier"  # wait until args[0] invokes reached barrier `target`
+    CACHE = "cache"  # keep every value of the modules kwargs["paths"] while the model runs
 
     def __str__(self) -> str:
         return self.value
 
 
-EFFECTFUL: Final = frozenset({Op.WRITE, Op.SETITEM, Op.SAVE, Op.LOG, Op.BACKWARD})
+EFFECTFUL: Final = frozenset(
+    {
+        Op.WRITE,
+        Op.SETITEM,
+        Op.SAVE,
+        Op.LOG,
+        Op.BACKWARD,
+        Op.SKIP,
+        Op.STOP,
+        Op.BARRIER,
+        Op.CACHE,
+    }
+)
 """Ops that must run even when nothing uses their value."""
 
-HOOKED: Final = frozenset({Op.READ, Op.WRITE})
+HOOKED: Final = frozenset({Op.READ, Op.WRITE, Op.SKIP})
 """Ops that run at a hook site and wait for it."""

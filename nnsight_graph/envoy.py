@@ -117,6 +117,20 @@ class Envoy:
     def _write(self, what: str, value: Any) -> None:
         self._recorder(what).add(Op.WRITE, self._site(what), (value,))
 
+    def skip(self, value: Any) -> None:
+        """Do not run this module in the trace; use `value` as its output instead."""
+        recorder = self._recorder("skip()")
+        output = self._site("output")
+        for node in reversed(recorder.nodes):
+            if node.invoke != recorder.invoke:
+                continue
+            if node.op is Op.READ and node.target == output and node.step == recorder.step:
+                raise GraphBuildError(
+                    f"{self._describe()}.skip() comes after its output was read at {node.loc}; "
+                    "once the output exists the module has run. Skip it before reading it"
+                )
+        recorder.add(Op.SKIP, self._site("skip"), (value,))
+
     @property
     def grad(self) -> Any:
         """Not available: gradients belong to values, not modules."""

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
 from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc, ref
+from .ir.functions import UNSET
 from .proxy import Proxy
 
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
-_PRIMITIVE_TYPES = frozenset(_PRIMITIVES)
+_PRIMITIVE_TYPES = frozenset({*_PRIMITIVES, type(UNSET)})
 
 
 def _package_dirs() -> tuple[str, ...]:
@@ -62,6 +63,8 @@ class Recorder:
         self.step = 0
         self.guard: Ref | None = None  # the condition of the `if proxy:` being recorded
         self.backward: list[int] = []  # the `with loss.backward():` blocks being recorded
+        self.barriers: list[Any] = []
+        self.caches: list[tuple[int, Any]] = []  # (CACHE node, the Cache object to fill)
         self.optional_from: int | None = None  # steps from here on may never happen (EOS)
         self.optional: set[int] = set()
         self.saved_ids: set[int] = set()
@@ -125,7 +128,7 @@ class Recorder:
             return self.constant(value)
         if kind is tuple or kind is list:
             return kind(self.encode(v) for v in value)
-        if kind is dict:
+        if kind is dict or isinstance(value, Mapping):  # tokenizer output too (BatchEncoding)
             return {k: self.encode(v) for k, v in value.items()}
         if kind is slice:
             return slice(self.encode(value.start), self.encode(value.stop), self.encode(value.step))

@@ -7,8 +7,9 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import capture, conditions, frames, saving
+from .extras import Barrier, Cache
 from .ir import Graph, GraphBuildError, Op
-from .ir.functions import SKIPPED
+from .ir.functions import SKIPPED, UNSET
 from .proxy import Proxy
 from .recorder import _ACTIVE, Recorder, active, recording
 from .steps import IterIndexer, StepRange, is_steps
@@ -84,6 +85,41 @@ class Tracer:
 
     def _step_limit(self) -> int | None:
         return self.model._step_limit(self.method, self.call_kwargs)
+
+    def stop(self) -> None:
+        """End the model's run here: nothing after this point runs; saves so far are kept."""
+        recorder = self._require_recorder("tracer.stop()")
+        recorder.add(Op.STOP, "stop")
+
+    def barrier(self, participants: int) -> Barrier:
+        """A barrier for `participants` invokes: call the returned object in each of them."""
+        return Barrier(self._require_recorder("tracer.barrier()"), participants)
+
+    def cache(
+        self,
+        modules: list[Any] | None = None,
+        include_inputs: bool = False,
+        include_output: bool = True,
+    ) -> Cache:
+        """Keep every value of the given modules (default: all) while the model runs.
+
+        Returns a mapping from module path ("model.transformer.h.0") to entries with
+        `.output`, `.input`, `.inputs`, filled when the trace has run.
+        """
+        recorder = self._require_recorder("tracer.cache()")
+        if modules is None:
+            paths = [envoy._path for envoy in self.model.modules()]
+        else:
+            paths = [getattr(m, "_path", None) for m in modules]
+            if any(p is None for p in paths):
+                raise GraphBuildError("tracer.cache(modules=...) takes module envoys (model.h[0])")
+        kinds = (["output"] if include_output else []) + (["input"] if include_inputs else [])
+        if not kinds:
+            raise GraphBuildError("tracer.cache() with neither outputs nor inputs caches nothing")
+        node = recorder.add(Op.CACHE, "cache", (), paths=paths, kinds=kinds)
+        cache = Cache(self.model, paths)  # type: ignore[arg-type]
+        recorder.caches.append((node, cache))
+        return cache
 
     def result(self) -> Proxy:
         """The value the traced call returned (the model's output)."""
@@ -162,6 +198,8 @@ class Tracer:
                     )
                 variables = body(namespace)
                 recorder.close_invoke()
+                for barrier in recorder.barriers:
+                    barrier.check()
                 if self.method == "scan":
                     _save_everything(captured, variables, recorder)
                 _keep_outer_containers(captured, local_vars, global_vars, recorder)
@@ -178,7 +216,9 @@ class Tracer:
             for name in captured.stored
             if name in variables
         }
-        for name in [n for n, v in values.items() if v is SKIPPED or v is conditions.UNSET]:
+        for node, cache in recorder.caches:
+            cache._fill(saved.get(node, {}))
+        for name in [n for n, v in values.items() if v is SKIPPED or v is UNSET]:
             del values[name]  # set only on a path that did not run: not bound
         for container in recorder.saved_containers:
             saving.resolve("a saved container", container, saved, graph.optional)
