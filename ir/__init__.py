@@ -16,6 +16,7 @@ from .errors import (
     TraceCaptureError,
     UnsavedValueError,
     ValidationError,
+    WireFormatError,
 )
 from .graph import Graph, Invoke
 from .node import Const, Node, Ref, SourceLoc, ref, refs
@@ -42,6 +43,7 @@ __all__ = [
     "TraceCaptureError",
     "UnsavedValueError",
     "ValidationError",
+    "WireFormatError",
     "has_effect",
     "mutates",
     "ref",

@@ -45,3 +45,7 @@ class BatchIndexError(BatchError, IndexError):
 
 class StepsSkippedWarning(UserWarning):
     """Some steps of an iteration never happened (generation ended early) and were skipped."""
+
+
+class WireFormatError(NNsightError):
+    """A graph could not be written to, or read from, the wire format (bad or hostile bytes)."""

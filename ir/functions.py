@@ -105,6 +105,23 @@ class _Skipped:
 SKIPPED = _Skipped()
 
 
+class _Unset:
+    """The value of a variable on a path through `if proxy:` that never assigned it."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
 def select(condition: Any, if_true: Any, if_false: Any) -> Any:
     """`if_true` when the condition held, else `if_false`: a variable after `if proxy:`."""
     if condition is SKIPPED or not condition:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .node import Node
+
+if TYPE_CHECKING:
+    import networkx
 
 _NO_KWARGS: dict[str, Any] = {}  # shared default, never mutated
 
@@ -76,3 +80,36 @@ class Graph:
             for ref in node.inputs():
                 result.setdefault(ref.id, []).append(node.id)
         return result
+
+    # drawing and storing: thin wrappers over ir.visualize and ir.wire (imported when used) -----
+
+    def to_networkx(self) -> networkx.DiGraph:
+        """The graph as a networkx DiGraph: one node per Node, an edge per use (see visualize)."""
+        from .visualize import to_networkx
+
+        return to_networkx(self)
+
+    def to_dot(self) -> str:
+        """The graph as Graphviz DOT text, one cluster per invoke."""
+        from .visualize import to_dot
+
+        return to_dot(self)
+
+    def render(self, path: str | Path) -> Path:
+        """Draw the graph to an .svg, .png or .pdf file with Graphviz's `dot` program."""
+        from .visualize import render
+
+        return render(self, path)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the graph in the wire format (zstd, safetensors; never pickle)."""
+        from .wire import save
+
+        return save(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, max_size: int | None = None) -> Graph:
+        """Read a graph written by save(); `max_size` bounds its decompressed size (1 GiB)."""
+        from .wire import DEFAULT_MAX_SIZE, load
+
+        return load(path, DEFAULT_MAX_SIZE if max_size is None else max_size)

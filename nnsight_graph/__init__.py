@@ -18,6 +18,7 @@ from .ir import (
     TraceCaptureError,
     UnsavedValueError,
     ValidationError,
+    WireFormatError,
 )
 from .ir.graph import Graph
 from .language import LanguageModel
@@ -48,5 +49,6 @@ __all__ = [
     "Tracer",
     "UnsavedValueError",
     "ValidationError",
+    "WireFormatError",
     "save",
 ]

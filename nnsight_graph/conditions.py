@@ -10,18 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from .ir import GraphBuildError, Op, ref
+from .ir.functions import UNSET
 from .proxy import Proxy
 from .recorder import active
-
-
-class _Unset:
-    """A variable with no value on one path through an `if`."""
-
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-UNSET = _Unset()
 
 
 class Branch:

@@ -4,6 +4,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+
 from nnsight_graph.backends import execute_graph
 from nnsight_graph.backends.batching import concatenate, merge, narrow
 from nnsight_graph.ir import (

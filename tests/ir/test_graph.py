@@ -4,6 +4,7 @@ import operator
 
 import pytest
 import torch
+
 from nnsight_graph.ir import Const, Graph, GraphBuildError, Node, Op, Ref, SourceLoc, refs
 from nnsight_graph.ir.functions import qualified_name, resolve
 

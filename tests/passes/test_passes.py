@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from nnsight_graph.ir import (
     BatchError,
     BatchIndexError,

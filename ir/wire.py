@@ -1,0 +1,696 @@
+"""The versioned wire format of a Graph: pydantic models, tensors as safetensors, zstd framing.
+
+A payload is one zstd frame (content size declared, checksummed) that holds a container::
+
+    b"NNGRAPH1" | header length (8 bytes, little-endian) | JSON header | safetensors blob
+
+The header is a `GraphModel` as UTF-8 JSON. Tensor constants live in the safetensors blob under
+the names "c<index>". Loading never unpickles, imports or calls anything named by the payload:
+every value is rebuilt from the schema's closed set of types, and bad input raises
+WireFormatError.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from .errors import WireFormatError
+from .functions import UNSET
+from .graph import Graph, Invoke
+from .node import Const, Node, Ref, SourceLoc
+from .ops import Op
+
+SCHEMA_VERSION = 1
+MAGIC = b"NNGRAPH1"
+DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB: the most a payload may decompress to unless told otherwise
+# JSON grows several-fold into Python objects, so the header has a bound of its own; a graph of
+# 10,000 nodes takes a few MB.
+MAX_HEADER_SIZE = 128 << 20
+_LENGTH_BYTES = 8
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "MAGIC",
+    "MAX_HEADER_SIZE",
+    "SCHEMA_VERSION",
+    "GraphModel",
+    "dumps",
+    "json_schema",
+    "load",
+    "loads",
+    "save",
+]
+
+
+# the schema ---------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Count = Annotated[StrictInt, Field(ge=0)]
+Number = StrictFloat | StrictInt | Literal["nan", "inf", "-inf"]  # JSON has no NaN or infinity
+
+
+class RefArg(_Model):
+    """The value of an earlier node."""
+
+    kind: Literal["ref"]
+    id: Count
+
+
+class ConstArg(_Model):
+    """An entry of the graph's constant table."""
+
+    kind: Literal["const"]
+    index: Count
+
+
+class NoneArg(_Model):
+    kind: Literal["none"]
+
+
+class EllipsisArg(_Model):
+    kind: Literal["ellipsis"]
+
+
+class UnsetArg(_Model):
+    kind: Literal["unset"]  # a variable not assigned on one path through `if proxy:`
+
+
+class BoolArg(_Model):
+    kind: Literal["bool"]
+    value: StrictBool
+
+
+class IntArg(_Model):
+    kind: Literal["int"]
+    value: StrictInt
+
+
+class FloatArg(_Model):
+    kind: Literal["float"]
+    value: Number
+
+
+class ComplexArg(_Model):
+    kind: Literal["complex"]
+    real: Number
+    imag: Number
+
+
+class StrArg(_Model):
+    kind: Literal["str"]
+    value: StrictStr
+
+
+class BytesArg(_Model):
+    """Bytes, base64-encoded."""
+
+    kind: Literal["bytes"]
+    base64: StrictStr
+
+
+class SliceArg(_Model):
+    kind: Literal["slice"]
+    start: Arg
+    stop: Arg
+    step: Arg
+
+
+class TupleArg(_Model):
+    kind: Literal["tuple"]
+    items: list[Arg]
+
+
+class ListArg(_Model):
+    kind: Literal["list"]
+    items: list[Arg]
+
+
+class DictArg(_Model):
+    kind: Literal["dict"]
+    items: dict[str, Arg]
+
+
+Primitive = (
+    NoneArg | EllipsisArg | UnsetArg | BoolArg | IntArg | FloatArg | ComplexArg | StrArg | BytesArg
+)
+Arg = Annotated[
+    RefArg | ConstArg | Primitive | SliceArg | TupleArg | ListArg | DictArg,
+    Field(discriminator="kind"),
+]
+
+
+class TensorConstant(_Model):
+    """A tensor, stored in the payload's safetensors blob under `name`."""
+
+    kind: Literal["tensor"]
+    name: StrictStr
+    requires_grad: StrictBool = False
+
+
+class DtypeConstant(_Model):
+    """A torch.dtype by name: "float32"."""
+
+    kind: Literal["dtype"]
+    name: StrictStr
+
+
+class DeviceConstant(_Model):
+    """A torch.device as its string: "cpu", "cuda:0"."""
+
+    kind: Literal["device"]
+    name: StrictStr
+
+
+class SizeConstant(_Model):
+    """A torch.Size."""
+
+    kind: Literal["size"]
+    dims: list[Count]
+
+
+Constant = Annotated[
+    TensorConstant | DtypeConstant | DeviceConstant | SizeConstant | Primitive,
+    Field(discriminator="kind"),
+]
+
+
+class SourceLocModel(_Model):
+    file: StrictStr
+    line: StrictInt
+
+
+class NodeModel(_Model):
+    """One Node. `op` is the opcode's wire name; `guard` the id of the guarding node."""
+
+    id: Count
+    op: Op
+    target: StrictStr = ""
+    args: list[Arg] = []
+    kwargs: dict[str, Arg] = {}
+    invoke: Annotated[StrictInt, Field(ge=-1)] = 0
+    step: Count = 0
+    loc: SourceLocModel | None = None
+    guard: Count | None = None
+
+
+class InvokeModel(_Model):
+    index: Count
+    args: list[Arg] = []
+    kwargs: dict[str, Arg] = {}
+    start: Count = 0
+    stop: Count | None = None
+
+
+class GraphModel(_Model):
+    """A whole Graph: what the JSON header of a payload holds."""
+
+    schema_version: StrictInt = SCHEMA_VERSION
+    nodes: list[NodeModel] = []
+    constants: list[Constant] = []
+    invokes: list[InvokeModel] = []
+    optional: list[Count] = []
+    method: StrictStr = "trace"
+    options: dict[str, Arg] = {}
+
+
+for _model in (SliceArg, TupleArg, ListArg, DictArg, NodeModel, InvokeModel, GraphModel):
+    _model.model_rebuild()
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a payload's header (pydantic's schema of GraphModel)."""
+    return GraphModel.model_json_schema()
+
+
+# Graph -> bytes -----------------------------------------------------------------------------
+
+
+def dumps(graph: Graph, level: int = 3) -> bytes:
+    """The graph as a zstd-compressed payload.
+
+    Raises WireFormatError for a value with no wire form (a constant that is not a tensor,
+    dtype, device, size or primitive; a dict key that is not a str).
+    """
+    import zstandard
+
+    tensors: dict[str, Any] = {}
+    try:
+        header = {
+            "schema_version": SCHEMA_VERSION,
+            "nodes": [_encode_node(node) for node in graph.nodes],
+            "constants": [_encode_constant(c, i, tensors) for i, c in enumerate(graph.constants)],
+            "invokes": [_encode_invoke(invoke) for invoke in graph.invokes],
+            "optional": sorted(graph.optional),
+            "method": graph.method,
+            "options": {
+                _key(k, "options"): _encode_arg(v, "options") for k, v in graph.options.items()
+            },
+        }
+        text = json.dumps(header, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        header_bytes = text.encode("utf-8")
+    except RecursionError as e:
+        raise WireFormatError("a graph argument is nested too deeply to serialize") from e
+    except UnicodeEncodeError as e:
+        raise WireFormatError(f"a string in the graph is not valid Unicode: {e}") from e
+    except ValueError as e:  # json refuses an int of more than 4300 digits
+        raise WireFormatError(f"a value in the graph cannot be written as JSON: {e}") from e
+    if len(header_bytes) > MAX_HEADER_SIZE:
+        raise WireFormatError(
+            f"the graph's header is {len(header_bytes)} bytes, more than the {MAX_HEADER_SIZE} a "
+            "payload may hold; record fewer nodes (fewer steps, or several traces)"
+        )
+    blob = _save_tensors(tensors)
+    container = MAGIC + len(header_bytes).to_bytes(_LENGTH_BYTES, "little") + header_bytes + blob
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    return compressor.compress(container)
+
+
+def save(graph: Graph, path: str | Path) -> Path:
+    """Write the graph's payload to a file (conventionally `*.nng`)."""
+    path = Path(path)
+    path.write_bytes(dumps(graph))
+    return path
+
+
+def _encode_node(node: Node) -> dict[str, Any]:
+    where = f"node %{node.id}"
+    try:
+        op = Op(node.op).value
+    except ValueError as e:
+        raise WireFormatError(f"{where} has an unknown op {node.op!r}") from e
+    encoded: dict[str, Any] = {"id": node.id, "op": op}
+    if node.target:
+        encoded["target"] = node.target
+    if node.args:
+        encoded["args"] = [_encode_arg(a, where) for a in node.args]
+    if node.kwargs:
+        encoded["kwargs"] = {_key(k, where): _encode_arg(v, where) for k, v in node.kwargs.items()}
+    if node.invoke:
+        encoded["invoke"] = node.invoke
+    if node.step:
+        encoded["step"] = node.step
+    if node.loc is not None:
+        encoded["loc"] = {"file": node.loc.file, "line": node.loc.line}
+    if node.guard is not None:
+        encoded["guard"] = node.guard.id
+    return encoded
+
+
+def _encode_invoke(invoke: Invoke) -> dict[str, Any]:
+    where = f"invoke {invoke.index}"
+    return {
+        "index": invoke.index,
+        "args": [_encode_arg(a, where) for a in invoke.args],
+        "kwargs": {_key(k, where): _encode_arg(v, where) for k, v in invoke.kwargs.items()},
+        "start": invoke.start,
+        "stop": invoke.stop,
+    }
+
+
+def _key(key: Any, where: str) -> str:
+    if type(key) is not str:
+        raise WireFormatError(
+            f"{where}: dictionary key {key!r} ({type(key).__name__}) is not a str; the wire "
+            "format supports only str keys"
+        )
+    return key
+
+
+def _encode_arg(value: Any, where: str = "an argument") -> dict[str, Any]:
+    kind = type(value)
+    if kind is Ref:
+        return {"kind": "ref", "id": value.id}
+    if kind is Const:
+        return {"kind": "const", "index": value.index}
+    if kind is slice:
+        parts = (value.start, value.stop, value.step)
+        start, stop, step = (_encode_arg(v, where) for v in parts)
+        return {"kind": "slice", "start": start, "stop": stop, "step": step}
+    if isinstance(value, (tuple, list)) and kind in (tuple, list):
+        return {"kind": kind.__name__, "items": [_encode_arg(v, where) for v in value]}
+    if kind is dict:
+        items = {_key(k, where): _encode_arg(v, where) for k, v in value.items()}
+        return {"kind": "dict", "items": items}
+    primitive = _encode_primitive(value)
+    if primitive is None:
+        raise WireFormatError(
+            f"{where}: an argument of type {kind.__module__}.{kind.__qualname__} has no wire "
+            "form; arguments may be node values, constants, None, bool, int, float, complex, "
+            "str, bytes, ..., slices, and tuples, lists and str-keyed dicts of those"
+        )
+    return primitive
+
+
+def _encode_primitive(value: Any) -> dict[str, Any] | None:
+    """The wire form of None, ..., bool, int, float, complex, str, bytes; None for others."""
+    if value is None:
+        return {"kind": "none"}
+    if value is Ellipsis:
+        return {"kind": "ellipsis"}
+    if value is UNSET:
+        return {"kind": "unset"}
+    if isinstance(value, bool):
+        return {"kind": "bool", "value": bool(value)}
+    if isinstance(value, int):
+        return {"kind": "int", "value": int(value)}
+    if isinstance(value, float):
+        return {"kind": "float", "value": _encode_number(value)}
+    if isinstance(value, complex):
+        real, imag = _encode_number(value.real), _encode_number(value.imag)
+        return {"kind": "complex", "real": real, "imag": imag}
+    if isinstance(value, str):
+        return {"kind": "str", "value": str(value)}
+    if isinstance(value, bytes):
+        return {"kind": "bytes", "base64": base64.b64encode(value).decode("ascii")}
+    return None
+
+
+def _encode_number(value: float) -> float | str:
+    if math.isfinite(value):
+        return float(value)
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _encode_constant(value: Any, index: int, tensors: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        name = f"c{index}"
+        tensors[name] = value
+        return {"kind": "tensor", "name": name, "requires_grad": bool(value.requires_grad)}
+    if isinstance(value, torch.dtype):
+        return {"kind": "dtype", "name": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"kind": "device", "name": str(value)}
+    if isinstance(value, torch.Size):
+        return {"kind": "size", "dims": [int(d) for d in value]}
+    primitive = _encode_primitive(value)
+    if primitive is None:
+        kind = type(value)
+        raise WireFormatError(
+            f"constant $c{index} is a {kind.__module__}.{kind.__qualname__}, which has no wire "
+            "form; constants may be tensors, torch.dtype, torch.device, torch.Size, None, bool, "
+            "int, float, complex, str and bytes (never pickled objects)"
+        )
+    return primitive
+
+
+def _save_tensors(tensors: dict[str, Any]) -> bytes:
+    """The tensors as one safetensors blob: detached, on the CPU, contiguous, unshared."""
+    import torch
+    from safetensors.torch import save as save_safetensors
+
+    prepared: dict[str, Any] = {}
+    storages: set[int] = set()
+    for name, tensor in tensors.items():
+        if tensor.layout is not torch.strided or tensor.device.type == "meta":
+            raise WireFormatError(
+                f"constant ${name} is a {tensor.layout} tensor on {tensor.device}; only dense "
+                "tensors with data can be sent"
+            )
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.numel():
+            storage = tensor.untyped_storage().data_ptr()
+            if storage in storages:
+                tensor = tensor.clone()  # safetensors refuses tensors that share memory
+            storages.add(tensor.untyped_storage().data_ptr())
+        prepared[name] = tensor
+    try:
+        return save_safetensors(prepared)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise WireFormatError(f"could not store the tensor constants: {e}") from e
+
+
+# bytes -> Graph -----------------------------------------------------------------------------
+
+
+def loads(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Graph:
+    """The graph in a payload made by dumps().
+
+    `max_size` bounds the decompressed size: a frame that does not declare its size, or declares
+    more, is refused before anything is allocated. Raises WireFormatError for anything that is
+    not a well-formed payload of this schema version.
+    """
+    container = _decompress(data, max_size)
+    header, blob = _split(container)
+    model = _validate(header)
+    return _Decoder(model, _load_tensors(blob)).graph()
+
+
+def load(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Graph:
+    """The graph in a file written by save()."""
+    return loads(Path(path).read_bytes(), max_size)
+
+
+def _decompress(data: bytes, max_size: int) -> bytes:
+    import zstandard
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireFormatError(f"a payload is bytes, not {type(data).__name__}")
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as e:
+        raise WireFormatError(f"not an nnsight_graph payload (no zstd frame header): {e}") from e
+    if declared < 0:
+        raise WireFormatError(
+            "the payload's zstd frame does not declare its decompressed size; refusing to "
+            "decompress it (payloads written by dumps() always declare it)"
+        )
+    if declared > max_size:
+        raise WireFormatError(
+            f"the payload would decompress to {declared} bytes, more than the limit of "
+            f"{max_size}; pass a larger max_size if you trust it"
+        )
+    try:
+        decompressor = zstandard.ZstdDecompressor()
+        return decompressor.decompress(data, max_output_size=max_size, allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise WireFormatError(f"the payload is corrupt or truncated: {e}") from e
+
+
+def _split(container: bytes) -> tuple[bytes, bytes]:
+    """The JSON header and the safetensors blob of a decompressed container."""
+    if container[: len(MAGIC)] != MAGIC:
+        raise WireFormatError(
+            f"not an nnsight_graph payload: it starts with {container[: len(MAGIC)]!r}, "
+            f"not {MAGIC!r}"
+        )
+    start = len(MAGIC) + _LENGTH_BYTES
+    if len(container) < start:
+        raise WireFormatError("the payload is truncated: it ends inside its header length")
+    length = int.from_bytes(container[len(MAGIC) : start], "little")
+    if length > MAX_HEADER_SIZE:
+        raise WireFormatError(
+            f"the payload's header is {length} bytes, more than the limit of {MAX_HEADER_SIZE}"
+        )
+    if length > len(container) - start:
+        raise WireFormatError(
+            f"the payload is truncated: its header is {length} bytes, but only "
+            f"{len(container) - start} follow"
+        )
+    return container[start : start + length], container[start + length :]
+
+
+def _validate(header: bytes) -> GraphModel:
+    import pydantic
+    import pydantic_core
+
+    try:
+        data = pydantic_core.from_json(header)
+    except ValueError as e:
+        raise WireFormatError(f"the payload's header is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise WireFormatError("the payload's header is not a JSON object")
+    version = data.get("schema_version")
+    if type(version) is not int:
+        raise WireFormatError("the payload's header has no integer schema_version")
+    if version != SCHEMA_VERSION:
+        newer = "; upgrade nnsight_graph to read it" if version > SCHEMA_VERSION else ""
+        raise WireFormatError(
+            f"the payload has schema version {version}, but this nnsight_graph reads version "
+            f"{SCHEMA_VERSION}{newer}"
+        )
+    try:
+        return GraphModel.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise WireFormatError(f"the payload does not match the graph schema: {e}") from e
+    except RecursionError as e:
+        raise WireFormatError("the payload's header is nested too deeply") from e
+
+
+def _load_tensors(blob: bytes) -> dict[str, Any]:
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        return load_safetensors(blob)
+    # The blob is untrusted input to a foreign parser: whatever it raises means "corrupt".
+    except Exception as e:
+        raise WireFormatError(f"the payload's tensor data is corrupt: {e}") from e
+
+
+class _Decoder:
+    """Rebuilds a Graph from a validated model, checking what the schema alone cannot."""
+
+    def __init__(self, model: GraphModel, tensors: dict[str, Any]) -> None:
+        self.model = model
+        self.tensors = tensors
+        self.constant_count = len(model.constants)
+        self.ids: set[int] = set()
+
+    def graph(self) -> Graph:
+        model = self.model
+        constants = self.constants()
+        nodes = [self.node(node) for node in model.nodes]
+        invokes = [self.invoke(invoke) for invoke in model.invokes]
+        unknown = set(model.optional) - self.ids
+        if unknown:
+            raise WireFormatError(f"optional names nodes that do not exist: {sorted(unknown)}")
+        options = {k: self.arg(v, "options", refs=False) for k, v in model.options.items()}
+        return Graph(nodes, constants, invokes, frozenset(model.optional), model.method, options)
+
+    def node(self, model: NodeModel) -> Node:
+        where = f"node %{model.id}"
+        if model.id in self.ids:
+            raise WireFormatError(f"{where} appears twice")
+        args = tuple(self.arg(a, where) for a in model.args)
+        kwargs = {k: self.arg(v, where) for k, v in model.kwargs.items()}
+        guard = None if model.guard is None else self.ref(model.guard, where)
+        loc = None if model.loc is None else SourceLoc(model.loc.file, model.loc.line)
+        self.ids.add(model.id)
+        if not kwargs:
+            kwargs = Node._field_defaults["kwargs"]  # the shared empty default, as recorded
+        return Node(
+            model.id, model.op, model.target, args, kwargs, model.invoke, model.step, loc, guard
+        )
+
+    def invoke(self, model: InvokeModel) -> Invoke:
+        where = f"invoke {model.index}"
+        args = tuple(self.arg(a, where, refs=False) for a in model.args)
+        kwargs = {k: self.arg(v, where, refs=False) for k, v in model.kwargs.items()}
+        if not kwargs:
+            kwargs = Invoke._field_defaults["kwargs"]
+        return Invoke(model.index, args, kwargs, model.start, model.stop)
+
+    def ref(self, id: int, where: str) -> Ref:
+        if id not in self.ids:
+            raise WireFormatError(f"{where} refers to %{id}, which is not an earlier node")
+        return Ref(id)
+
+    def arg(self, model: Any, where: str, refs: bool = True) -> Any:
+        match model:
+            case RefArg():
+                if not refs:
+                    raise WireFormatError(f"{where} holds a node reference %{model.id}")
+                return self.ref(model.id, where)
+            case ConstArg():
+                if model.index >= self.constant_count:
+                    raise WireFormatError(
+                        f"{where} refers to constant $c{model.index}, but the graph has "
+                        f"{self.constant_count}"
+                    )
+                return Const(model.index)
+            case SliceArg():
+                parts = (model.start, model.stop, model.step)
+                return slice(*(self.arg(part, where, refs) for part in parts))
+            case TupleArg():
+                return tuple(self.arg(item, where, refs) for item in model.items)
+            case ListArg():
+                return [self.arg(item, where, refs) for item in model.items]
+            case DictArg():
+                return {k: self.arg(v, where, refs) for k, v in model.items.items()}
+            case _:
+                return _decode_primitive(model)
+
+    def constants(self) -> list[Any]:
+        names = {c.name for c in self.model.constants if isinstance(c, TensorConstant)}
+        tensor_count = sum(isinstance(c, TensorConstant) for c in self.model.constants)
+        if len(names) != tensor_count or names != set(self.tensors):
+            raise WireFormatError(
+                f"the payload's tensor constants {sorted(names)} do not match the tensors in "
+                f"its data {sorted(self.tensors)}"
+            )
+        return [self.constant(c, i) for i, c in enumerate(self.model.constants)]
+
+    def constant(self, model: Any, index: int) -> Any:
+        import torch
+
+        match model:
+            case TensorConstant():
+                tensor = self.tensors[model.name]
+                if model.requires_grad:
+                    if not (tensor.is_floating_point() or tensor.is_complex()):
+                        raise WireFormatError(
+                            f"constant $c{index}: {tensor.dtype} cannot need grad"
+                        )
+                    tensor.requires_grad_(True)
+                return tensor
+            case DtypeConstant():
+                dtype = _dtypes().get(model.name)
+                if dtype is None:
+                    raise WireFormatError(f"constant $c{index}: unknown dtype {model.name!r}")
+                return dtype
+            case DeviceConstant():
+                if not _DEVICE.fullmatch(model.name):
+                    raise WireFormatError(f"constant $c{index}: bad device {model.name!r}")
+                try:
+                    return torch.device(model.name)
+                except RuntimeError as e:
+                    raise WireFormatError(f"constant $c{index}: bad device {model.name!r}") from e
+            case SizeConstant():
+                return torch.Size(model.dims)
+            case _:
+                return _decode_primitive(model)
+
+
+_DEVICE = re.compile(r"[a-z_]{1,32}(:[0-9]{1,6})?")
+
+
+def _decode_primitive(model: Any) -> Any:
+    match model:
+        case NoneArg():
+            return None
+        case EllipsisArg():
+            return Ellipsis
+        case UnsetArg():
+            return UNSET
+        case BoolArg() | IntArg() | StrArg():
+            return model.value
+        case FloatArg():
+            return _decode_number(model.value)
+        case ComplexArg():
+            return complex(_decode_number(model.real), _decode_number(model.imag))
+        case BytesArg():
+            try:
+                return base64.b64decode(model.base64, validate=True)
+            except ValueError as e:
+                raise WireFormatError(f"bad base64 bytes in the payload: {e}") from e
+    raise WireFormatError(f"unexpected value in the payload: {model!r}")  # pragma: no cover
+
+
+def _decode_number(value: float | int | str) -> float:
+    return float(value)  # "nan", "inf", "-inf" and numbers; the schema allows nothing else
+
+
+_DTYPES: dict[str, Any] = {}
+
+
+def _dtypes() -> dict[str, Any]:
+    """Every torch dtype by its short name ("float32"), built from torch's own table."""
+    if not _DTYPES:
+        import torch
+
+        for value in vars(torch).values():
+            if isinstance(value, torch.dtype):
+                _DTYPES[str(value).removeprefix("torch.")] = value
+    return _DTYPES

@@ -1,0 +1,502 @@
+"""The wire format: exact round trips of recorded and random graphs, and refusal of bad bytes."""
+
+import json
+import math
+import random
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save as save_tensors
+
+from nnsight_graph import NNsight
+from nnsight_graph.ir import Const, Graph, Invoke, Node, Op, Ref, SourceLoc, WireFormatError
+from nnsight_graph.ir.wire import MAGIC, SCHEMA_VERSION, dumps, json_schema, loads
+
+EMPTY_TENSORS = save_tensors({})
+FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# recorded graphs ------------------------------------------------------------------------------
+
+
+def _model() -> NNsight:
+    """The walkthrough's tiny net: layer1 (5 -> 10), layer2 (10 -> 2)."""
+    torch.manual_seed(0)
+    layers = OrderedDict([("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))])
+    return NNsight(torch.nn.Sequential(layers).requires_grad_(False))
+
+
+def _cross_invoke(model: NNsight) -> Graph:
+    """The walkthrough's "reference values from earlier invokes" cell."""
+    x = torch.rand(1, 5)
+    with model.trace() as tracer:
+        with tracer.invoke(x):
+            layer1_out = model.layer1.output.save()
+        with tracer.invoke(x):
+            model.layer1.output[:] = layer1_out * 0
+            model.output.save()
+        with tracer.invoke(x):
+            model.output.save()
+    return tracer.graph
+
+
+def _branches_and_constants(model: NNsight) -> Graph:
+    """An `if` on a traced value (guards), a dtype constant, slices, kwargs, an invoke without
+    inputs."""
+    x = torch.rand(2, 5)
+    with model.trace() as tracer:
+        with tracer.invoke(x):
+            hidden = model.layer1.output
+            hidden[:, 0:3:2] = torch.full((1, 2), -1.5)
+            if hidden.sum() > 0:
+                out = model.output * 2
+            else:
+                out = model.output * 3
+            out.save()
+            torch.softmax(model.output.to(torch.float64), dim=-1).save()
+        with tracer.invoke():
+            model.layer2.input[..., -1].save()
+    return tracer.graph
+
+
+def _assert_same_results(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys() and first
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+
+
+@pytest.mark.parametrize("record", [_cross_invoke, _branches_and_constants])
+def test_recorded_graph_round_trips_and_runs_the_same(record):
+    model = _model()
+    graph = record(model)
+    loaded = loads(dumps(graph))
+    assert str(loaded) == str(graph)
+    assert loaded.nodes == graph.nodes
+    assert loaded.invokes == graph.invokes
+    assert (loaded.optional, loaded.method, loaded.options) == (
+        graph.optional,
+        graph.method,
+        graph.options,
+    )
+    assert len(loaded.constants) == len(graph.constants)
+    for mine, theirs in zip(graph.constants, loaded.constants, strict=True):
+        if isinstance(mine, torch.Tensor):
+            assert theirs.dtype == mine.dtype and torch.equal(theirs, mine)
+        else:
+            assert theirs == mine
+    _assert_same_results(model.run(graph), model.run(loaded))
+
+
+def test_save_and_load_a_file(tmp_path: Path):
+    model = _model()
+    graph = _cross_invoke(model)
+    path = graph.save(tmp_path / "g.nng")
+    assert path.read_bytes().startswith(b"\x28\xb5\x2f\xfd")  # a zstd frame
+    loaded = Graph.load(tmp_path / "g.nng")
+    assert str(loaded) == str(graph)
+    _assert_same_results(model.run(graph), model.run(loaded))
+    with pytest.raises(WireFormatError, match="limit"):
+        Graph.load(path, max_size=10)
+
+
+def test_generation_graph_round_trips():
+    """Steps, optional nodes, method and options of a real generate() on the tiny GPT-2."""
+    models = pytest.importorskip("nnsight_graph.models")
+    if not (Path(models.tiny_gpt2_path()) / "model.safetensors").is_file():
+        pytest.skip("the tiny GPT-2 is not built")
+    from nnsight_graph import LanguageModel
+
+    llm = LanguageModel(models.tiny_gpt2_path(), dispatch=True)
+    with llm.generate("The Eiffel Tower is in the city of", max_new_tokens=3) as tracer:
+        hidden = list().save()
+        with tracer.iter[:]:
+            hidden.append(llm.transformer.h[1].output[0][:, -1].clone())
+        tracer.result().save()
+    graph = tracer.graph
+    loaded = loads(dumps(graph))
+    assert str(loaded) == str(graph)
+    assert (loaded.optional, loaded.method, loaded.options) == (
+        graph.optional,
+        "generate",
+        {"max_new_tokens": 3},
+    )
+    _assert_same_results(llm.run(graph), llm.run(loaded))
+
+
+def test_if_that_assigns_in_one_branch_only_can_be_sent():
+    model = _model()
+    with model.trace(torch.rand(1, 5)) as tracer:
+        if model.layer1.output.sum() > 0:
+            out = model.output.save()  # noqa: F841 - no value on the false path
+    loaded = loads(dumps(tracer.graph))
+    assert str(loaded) == str(tracer.graph)
+    assert [n.args for n in loaded.nodes] == [n.args for n in tracer.graph.nodes]
+
+
+def test_json_schema_names_the_version():
+    schema = json_schema()
+    assert schema["properties"]["schema_version"]["default"] == SCHEMA_VERSION == 1
+    assert {"nodes", "constants", "invokes", "optional", "method", "options"} <= set(
+        schema["properties"]
+    )
+    json.dumps(schema)  # plain JSON
+
+
+# random graphs --------------------------------------------------------------------------------
+
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+]
+
+primitives = st.one_of(
+    st.none(),
+    st.just(Ellipsis),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.complex_numbers(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+)
+
+
+def _args(refs: list[int], constants: int) -> st.SearchStrategy:
+    leaves = [primitives]
+    if refs:
+        leaves.append(st.sampled_from(refs).map(Ref))
+    if constants:
+        leaves.append(st.integers(0, constants - 1).map(Const))
+    leaf = st.one_of(*leaves)
+    return st.recursive(
+        leaf,
+        lambda inner: st.one_of(
+            st.tuples(inner, inner, inner).map(lambda parts: slice(*parts)),
+            st.lists(inner, max_size=3).map(tuple),
+            st.lists(inner, max_size=3),
+            st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        ),
+        max_leaves=6,
+    )
+
+
+@st.composite
+def tensors(draw) -> torch.Tensor:
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = draw(st.lists(st.integers(0, 3), max_size=3))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    values = torch.randn(shape, generator=generator, dtype=torch.float64) * 50
+    tensor = values > 0 if dtype is torch.bool else values.to(dtype)
+    if tensor.dim() == 2 and draw(st.booleans()):
+        tensor = tensor.t()  # not contiguous
+    if draw(st.booleans()) and tensor.is_floating_point():
+        tensor = tensor.clone().requires_grad_(True)
+    return tensor
+
+
+constants = st.one_of(
+    tensors(),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.int64, torch.bool]),
+    st.sampled_from([torch.device("cpu"), torch.device("cuda", 1), torch.device("meta")]),
+    st.lists(st.integers(0, 9), max_size=3).map(torch.Size),
+    primitives,
+)
+
+
+@st.composite
+def graphs(draw) -> Graph:
+    table = draw(st.lists(constants, max_size=4))
+    base = draw(st.lists(tensors(), max_size=1))
+    if base and base[0].numel():
+        table += [base[0], base[0].reshape(-1)[:1]]  # two constants that share memory
+    count = len(table)
+    nodes: list[Node] = []
+    next_id = draw(st.integers(0, 3))
+    for _ in range(draw(st.integers(0, 6))):
+        earlier = [node.id for node in nodes]
+        arg = _args(earlier, count)
+        guard = draw(st.none() | st.sampled_from(earlier).map(Ref)) if earlier else None
+        loc = draw(st.none() | st.builds(SourceLoc, st.text(max_size=12), st.integers(0, 10**6)))
+        node = Node(
+            next_id,
+            draw(st.sampled_from(list(Op))),
+            draw(st.text(max_size=12)),
+            tuple(draw(st.lists(arg, max_size=3))),
+            draw(st.dictionaries(st.text(max_size=4), arg, max_size=2)),
+            draw(st.integers(-1, 3)),
+            draw(st.integers(0, 5)),
+            loc,
+            guard,
+        )
+        nodes.append(node)
+        next_id += draw(st.integers(1, 3))
+    value = _args([], count)
+    invokes = []
+    for index in range(draw(st.integers(0, 3))):
+        stop = draw(st.none() | st.integers(0, 8))
+        args = tuple(draw(st.lists(value, max_size=2)))
+        invokes.append(
+            Invoke(index, args, draw(st.dictionaries(st.text(max_size=4), value)), 0, stop)
+        )
+    ids = [node.id for node in nodes]
+    optional = draw(st.frozensets(st.sampled_from(ids))) if ids else frozenset()
+    method = draw(st.sampled_from(["trace", "generate", "scan"]))
+    options = draw(st.dictionaries(st.text(max_size=6), value, max_size=3))
+    return Graph(nodes, table, invokes, optional, method, options)
+
+
+def _same(mine, theirs) -> bool:
+    """Equal, of the same types all the way down (True is not 1), NaN equal to NaN."""
+    if isinstance(mine, torch.Tensor):
+        return (
+            type(theirs) is torch.Tensor
+            and mine.dtype == theirs.dtype
+            and mine.shape == theirs.shape
+            and mine.requires_grad == theirs.requires_grad
+            and torch.equal(mine.detach(), theirs)
+        )
+    if type(mine) is not type(theirs):
+        return False
+    if isinstance(mine, float):
+        return (
+            math.isnan(mine)
+            and math.isnan(theirs)
+            or (mine == theirs and math.copysign(1, mine) == math.copysign(1, theirs))
+        )
+    if isinstance(mine, complex):
+        return _same(mine.real, theirs.real) and _same(mine.imag, theirs.imag)
+    if isinstance(mine, slice):
+        return _same((mine.start, mine.stop, mine.step), (theirs.start, theirs.stop, theirs.step))
+    if isinstance(mine, (tuple, list)):  # Node and Invoke too
+        return len(mine) == len(theirs) and all(map(_same, mine, theirs))
+    if isinstance(mine, dict):
+        return list(mine) == list(theirs) and all(_same(mine[k], theirs[k]) for k in mine)
+    return mine == theirs
+
+
+@FUZZ
+@given(graphs())
+def test_random_graphs_round_trip_exactly(graph):
+    loaded = loads(dumps(graph))
+    assert str(loaded) == str(graph)
+    assert _same(graph.nodes, loaded.nodes)
+    assert _same(graph.constants, loaded.constants)
+    assert _same(graph.invokes, loaded.invokes)
+    assert _same(graph.options, loaded.options)
+    assert (loaded.optional, loaded.method) == (graph.optional, graph.method)
+
+
+# what dumps refuses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("constant", "named"),
+    [(lambda x: x, "function"), (object(), "object"), ({1, 2}, "set"), ((1, 2), "tuple")],
+)
+def test_unsupported_constants_are_refused_by_name(constant, named):
+    with pytest.raises(WireFormatError, match=rf"\$c0 is a builtins\.{named}"):
+        dumps(Graph(constants=[constant]))
+
+
+def test_unsupported_arguments_are_refused():
+    with pytest.raises(WireFormatError, match=r"node %0: dictionary key 1 \(int\) is not a str"):
+        dumps(Graph([Node(0, Op.CALL, "f", ({1: 2},))]))
+    with pytest.raises(WireFormatError, match="node %0: an argument of type builtins.set"):
+        dumps(Graph([Node(0, Op.CALL, "f", ({1},))]))
+
+
+def test_unwritable_values_are_refused():
+    with pytest.raises(WireFormatError, match="cannot be written as JSON"):
+        dumps(Graph([Node(0, Op.CALL, "f", (10**5000,))]))
+    with pytest.raises(WireFormatError, match="node %0 has an unknown op 'jump'"):
+        dumps(Graph([Node(0, "jump")]))
+
+
+def test_tensors_without_data_are_refused():
+    with pytest.raises(WireFormatError, match="only dense tensors"):
+        dumps(Graph(constants=[torch.empty(2, device="meta")]))
+
+
+# what loads refuses ---------------------------------------------------------------------------
+
+
+def _payload() -> bytes:
+    """A real payload: two invokes, tensor and dtype constants, guards."""
+    return dumps(_branches_and_constants(_model()))
+
+
+def _open(payload: bytes) -> tuple[dict, bytes]:
+    container = zstandard.ZstdDecompressor().decompress(payload)
+    length = int.from_bytes(container[8:16], "little")
+    return json.loads(container[16 : 16 + length]), container[16 + length :]
+
+
+def _close(header: dict, blob: bytes, magic: bytes = MAGIC) -> bytes:
+    text = json.dumps(header).encode()
+    container = magic + len(text).to_bytes(8, "little") + text + blob
+    return zstandard.ZstdCompressor().compress(container)
+
+
+def _assert_refused(payload: bytes, match: str = "", max_size: int = 1 << 30) -> None:
+    start = time.perf_counter()
+    with pytest.raises(WireFormatError, match=match):
+        loads(payload, max_size=max_size)
+    assert time.perf_counter() - start < 2
+
+
+def test_a_reopened_payload_still_loads():
+    assert str(loads(_close(*_open(_payload())))) == str(_branches_and_constants(_model()))
+
+
+def _edit(edit) -> bytes:
+    header, blob = _open(_payload())
+    edit(header)
+    return _close(header, blob)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda h: h["nodes"][1].update(op="frobnicate"), "does not match the graph schema"),
+        (lambda h: h["nodes"][1]["args"].append({"kind": "const", "index": 99}), r"\$c99"),
+        (lambda h: h["nodes"][1]["args"].append({"kind": "ref", "id": 7}), "%7, which is not an"),
+        (lambda h: h["nodes"][1]["args"].append({"kind": "ref", "id": 999}), "%999"),
+        (lambda h: h["nodes"][1].update(guard=1), "%1, which is not an earlier node"),
+        (lambda h: h["nodes"][2].update(id=1), "appears twice"),
+        (lambda h: h["nodes"][0].update(extra=1), "Extra inputs"),
+        (lambda h: h["nodes"][0].update(id=-1), "greater than or equal to 0"),
+        (lambda h: h["nodes"][0].update(id=True), "valid integer"),
+        (lambda h: h["nodes"][1]["args"].append({"kind": "pickle", "value": "x"}), "schema"),
+        (lambda h: h["nodes"][1]["args"].append({"kind": "bytes", "base64": "!!"}), "base64"),
+        (lambda h: h["invokes"][0]["args"].append({"kind": "ref", "id": 0}), "node reference"),
+        (lambda h: h["options"].update(x={"kind": "ref", "id": 0}), "node reference"),
+        (lambda h: h.update(optional=[12345]), "optional names nodes"),
+        (lambda h: h.update(schema_version=2), "schema version 2.*upgrade nnsight_graph"),
+        (lambda h: h.update(schema_version="1"), "integer schema_version"),
+        (lambda h: h.pop("schema_version"), "integer schema_version"),
+        (lambda h: h["constants"].append({"kind": "dtype", "name": "__class__"}), "unknown dtype"),
+        (lambda h: h["constants"].append({"kind": "device", "name": "cpu; rm"}), "bad device"),
+        (lambda h: h["constants"].append({"kind": "device", "name": "nope"}), "bad device"),
+        (lambda h: h["constants"].append({"kind": "tensor", "name": "c9"}), "do not match"),
+        (lambda h: h["constants"].pop(0), "do not match"),
+    ],
+)
+def test_malformed_headers_are_refused(edit, match):
+    _assert_refused(_edit(edit), match)
+
+
+def test_wrong_magic_and_bad_framing_are_refused():
+    header, blob = _open(_payload())
+    _assert_refused(_close(header, blob, magic=b"NNGRAPH2"), "not an nnsight_graph payload")
+    compress = zstandard.ZstdCompressor().compress
+    _assert_refused(compress(b""), "not an nnsight_graph payload")
+    _assert_refused(compress(MAGIC + b"\x01\x00"), "ends inside its header length")
+    _assert_refused(compress(MAGIC + (1000).to_bytes(8, "little") + b"{}"), "truncated")
+    _assert_refused(compress(MAGIC + (1 << 40).to_bytes(8, "little") + b"{}"), "header is 1099")
+    _assert_refused(compress(MAGIC + (2).to_bytes(8, "little") + b"[]"), "not a JSON object")
+    _assert_refused(compress(MAGIC + (4).to_bytes(8, "little") + b"{]]x"), "not valid JSON")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    _assert_refused(compress(MAGIC + len(deep).to_bytes(8, "little") + deep), "JSON")
+    _assert_refused(_payload() + b"\x00", "unused data")
+    _assert_refused(_payload() * 2, "unused data")
+    _assert_refused("text", "bytes")  # type: ignore[arg-type]
+
+
+def test_corrupt_tensor_data_is_refused():
+    header, blob = _open(_payload())
+    _assert_refused(_close(header, blob[:-3]), "tensor data is corrupt")
+    _assert_refused(_close(header, b"\xff" * 8 + blob[8:]), "tensor data is corrupt")
+
+
+def test_decompression_bombs_are_stopped_before_allocating():
+    # a tiny frame that declares 1 TiB: magic, descriptor (8-byte size, single segment), size,
+    # then one empty last raw block
+    header = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + (1 << 40).to_bytes(8, "little")
+    bomb = header + b"\x01\x00\x00"
+    assert zstandard.frame_content_size(bomb) == 1 << 40
+    _assert_refused(bomb, "1099511627776 bytes, more than the limit")
+    zeros = zstandard.ZstdCompressor().compress(bytes(64 << 20))
+    assert len(zeros) < 64 << 10
+    _assert_refused(zeros, "more than the limit of 1048576", max_size=1 << 20)
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    frame = unsized.compress(b"x" * 1000) + unsized.flush()
+    assert zstandard.frame_content_size(frame) == -1
+    _assert_refused(frame, "does not declare its decompressed size")
+
+
+def test_every_truncation_is_refused():
+    payload = _payload()
+    for length in range(len(payload)):
+        with pytest.raises(WireFormatError):
+            loads(payload[:length])
+
+
+def test_bit_flips_are_refused_or_change_nothing():
+    """zstd's checksum catches flips; a flip in bits zstd ignores must give the same graph."""
+    payload = _payload()
+    expected = str(loads(payload))
+    accepted = 0
+    start = time.perf_counter()
+    for bit in range(len(payload) * 8):
+        flipped = bytearray(payload)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        try:
+            graph = loads(bytes(flipped))
+        except WireFormatError:
+            continue
+        accepted += 1
+        assert str(graph) == expected, bit
+    assert accepted < len(payload)  # nearly every flip is caught
+    assert time.perf_counter() - start < 20
+
+
+def test_bit_flips_inside_the_container_are_refused_or_load():
+    """Flips behind zstd's checksum reach the JSON, schema and safetensors checks."""
+    header, blob = _open(_payload())
+    text = json.dumps(header).encode()
+    container = MAGIC + len(text).to_bytes(8, "little") + text + blob
+    compress = zstandard.ZstdCompressor(level=1).compress
+    rng = random.Random(0)
+    for bit in rng.sample(range(len(container) * 8), 1500):
+        flipped = bytearray(container)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        try:
+            loads(compress(bytes(flipped)))
+        except WireFormatError:
+            pass
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_random_bytes_are_refused(data):
+    for candidate in (data, b"\x28\xb5\x2f\xfd" + data, zstandard.ZstdCompressor().compress(data)):
+        with pytest.raises(WireFormatError):
+            loads(candidate)
+
+
+@FUZZ
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(["kind", "id", "nodes", "args", "op",
+                                                       "index", "items", "value"]), inner),
+                    max_leaves=20))  # fmt: skip
+def test_random_json_headers_are_refused(value):
+    header = {"schema_version": 1, "nodes": [{"id": 0, "op": "read", "args": [value]}]}
+    try:
+        loads(_close(header, EMPTY_TENSORS))
+    except WireFormatError:
+        pass
