@@ -111,6 +111,8 @@ class LanguageModel(NNsight):
     def _split_kwargs(
         self, method: str, kwargs: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if method == "edit":
+            return {}, kwargs
         inputs = {k: v for k, v in kwargs.items() if k in _INPUT_KEYS}
         options = {k: v for k, v in kwargs.items() if k not in _INPUT_KEYS}
         return inputs, options

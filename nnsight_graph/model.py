@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from .backends import Plan, execute
 from .backends.batching import batch_size, concatenate
 from .backends.observe import observed
 from .config import CONFIG
+from .editing import with_edits
 from .envoy import Envoy
 from .ir import BatchError, Const, Graph, Invoke, Node, Op
 from .passes import ModelFacts, run_passes
@@ -30,10 +32,32 @@ class NNsight(Envoy):
         super().__init__(module, "")
         object.__setattr__(self, "_facts", None)
         object.__setattr__(self, "_plans", {})
+        object.__setattr__(self, "_edits", [])
 
     def trace(self, *args: Any, **kwargs: Any) -> Tracer:
         """A tracing context: `with model.trace(input) as tracer:`. The model runs on exit."""
         return Tracer(self, args, kwargs)
+
+    def edit(self, *, inplace: bool = False) -> Tracer:
+        """Record interventions that every later trace applies first.
+
+        `with model.edit() as edited:` gives a new model sharing the weights (the original
+        is untouched); `model.edit(inplace=True)` edits this model. `clear_edits()` undoes.
+        """
+        return Tracer(self, (), {"inplace": inplace}, method="edit")
+
+    def clear_edits(self) -> None:
+        """Remove the edits made with `edit(inplace=True)`."""
+        object.__setattr__(self, "_edits", [])
+
+    def _add_edit(self, graph: Graph, inplace: bool) -> NNsight:
+        if inplace:
+            object.__setattr__(self, "_edits", [*self._edits, graph])
+            return self
+        edited = copy.copy(self)
+        object.__setattr__(edited, "_edits", [*self._edits, graph])
+        object.__setattr__(edited, "_plans", {})
+        return edited
 
     def scan(self, *args: Any, **kwargs: Any) -> Tracer:
         """Like trace(), but computes only shapes and dtypes (fake tensors), no real compute.
@@ -48,6 +72,8 @@ class NNsight(Envoy):
         self, method: str, kwargs: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split trace() keywords into the implicit invoke's inputs and the call's options."""
+        if method == "edit":
+            return {}, kwargs
         return kwargs, {}
 
     def _step_limit(self, method: str, call_kwargs: dict[str, Any]) -> int | None:
@@ -114,6 +140,7 @@ class NNsight(Envoy):
 
     def _execute(self, graph: Graph, total_rows: int, key: Any = None) -> dict[int, Any]:
         """Validate and optimize the graph, then run the model with it; return saved values."""
+        graph = with_edits(self._edits, graph)
         plan = self._plan(graph, key)
         args, kwargs = self._batched_inputs(graph)
         method = graph.method

@@ -192,7 +192,9 @@ class Tracer:
         self._recorder = recorder
         try:
             with recording(recorder):
-                if self.args or self.kwargs:
+                if self.method == "edit":
+                    recorder.open_invoke((), {}, None)  # an edit sees every row of each trace
+                elif self.args or self.kwargs:
                     recorder.open_invoke(
                         self.args, self.kwargs, self.model._batch_rows(self.args, self.kwargs)
                     )
@@ -210,7 +212,14 @@ class Tracer:
             self._recorder = None
         self.graph = graph
         key = (captured.file, captured.line)
-        saved = self.model._execute(graph, recorder.total_rows, key) if graph.invokes else {}
+        result: Any = self
+        if self.method == "edit":
+            result = self.model._add_edit(graph, bool(self.call_kwargs.get("inplace")))
+            saved: dict[int, Any] = {}
+        elif graph.invokes:
+            saved = self.model._execute(graph, recorder.total_rows, key)
+        else:
+            saved = {}
         values = {
             name: saving.resolve(name, variables[name], saved, graph.optional)
             for name in captured.stored
@@ -224,7 +233,7 @@ class Tracer:
             saving.resolve("a saved container", container, saved, graph.optional)
         _resolve_attributes(captured, variables, global_vars, saved)
         if captured.target is not None:
-            values.setdefault(captured.target, self)
+            values.setdefault(captured.target, result)
         frames.bind(frame, values, local_vars)
 
 
