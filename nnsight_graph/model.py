@@ -14,8 +14,9 @@ from .backends.observe import observed
 from .config import CONFIG
 from .editing import with_edits
 from .envoy import Envoy
-from .ir import BatchError, Const, Graph, Invoke, Node, Op
+from .ir import BatchError, Const, Graph, Invoke, NNsightError, Node, Op
 from .passes import ModelFacts, run_passes
+from .session import Session
 from .tracer import Tracer
 
 
@@ -37,6 +38,16 @@ class NNsight(Envoy):
     def trace(self, *args: Any, **kwargs: Any) -> Tracer:
         """A tracing context: `with model.trace(input) as tracer:`. The model runs on exit."""
         return Tracer(self, args, kwargs)
+
+    def session(self, remote: bool = False) -> Session:
+        """Group traces: `with model.session():` runs them in order when the block ends, and
+        a later trace can use any value of an earlier one."""
+        if remote:
+            raise NNsightError(
+                "remote=True needs the nnsight_graph server, which this version does not have "
+                "yet; run the session locally (leave out remote=True)"
+            )
+        return Session(self)
 
     def edit(self, *, inplace: bool = False) -> Tracer:
         """Record interventions that every later trace applies first.

@@ -52,6 +52,20 @@ def user_location() -> SourceLoc | None:
     return None
 
 
+class SessionValue:
+    """A constant standing for a value of an earlier trace in the same session."""
+
+    def __init__(self, recorder: Recorder, node: int) -> None:
+        self.recorder = recorder
+        self.node = node
+
+    def value(self) -> Any:
+        results = self.recorder.results
+        if results is None or self.node not in results:
+            raise GraphBuildError("a value from an earlier trace of the session was not computed")
+        return results[self.node]
+
+
 class Recorder:
     """Appends Nodes for the operations a trace body performs on Proxies."""
 
@@ -64,6 +78,8 @@ class Recorder:
         self.guard: Ref | None = None  # the condition of the `if proxy:` being recorded
         self.backward: list[int] = []  # the `with loss.backward():` blocks being recorded
         self.barriers: list[Any] = []
+        self.results: dict[int, Any] | None = None  # saved values, once the trace has run
+        self.session: Any = None  # the model.session() this trace belongs to, if any
         self.caches: list[tuple[int, Any]] = []  # (CACHE node, the Cache object to fill)
         self.optional_from: int | None = None  # steps from here on may never happen (EOS)
         self.optional: set[int] = set()
@@ -116,11 +132,16 @@ class Recorder:
         """An argument as the graph stores it: Ref for Proxies, Const for objects."""
         kind = type(value)
         if kind is Proxy or isinstance(value, Proxy):
-            if value._nn_recorder is not self:
-                raise GraphBuildError(
-                    "a value from another trace was used here; save it in that trace with "
-                    ".save() and use the saved value, or use model.session()"
-                )
+            other = value._nn_recorder
+            if other is not self:
+                if self.session is None or other.session is not self.session:
+                    raise GraphBuildError(
+                        "a value from another trace was used here; save it in that trace with "
+                        ".save() and use the saved value, or group the traces in "
+                        "model.session()"
+                    )
+                other.save(value)  # the earlier trace keeps it for this one
+                return self.constant(SessionValue(other, value._nn_node()))
             return ref(value._nn_node())
         if kind in _PRIMITIVE_TYPES or kind is Ref:
             return value

@@ -107,8 +107,11 @@ def resolve(
     """
     if isinstance(value, Proxy):
         node = value._nn_id
-        if node is not None and node in saved:
-            return saved[node]
+        results = value._nn_recorder.results  # its own trace's, also inside a session
+        if results is None:
+            results = saved
+        if node is not None and node in results:
+            return results[node]
         return Unsaved(name, value)
     if depth > 50:
         return value

@@ -6,9 +6,9 @@ import sys
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import capture, conditions, frames, saving
+from . import capture, conditions, frames, saving, session
 from .extras import Barrier, Cache
-from .ir import Graph, GraphBuildError, Op
+from .ir import Graph, GraphBuildError, NNsightError, Op
 from .ir.functions import SKIPPED, UNSET
 from .proxy import Proxy
 from .recorder import _ACTIVE, Recorder, active, recording
@@ -55,6 +55,11 @@ class Tracer:
         kwargs: dict[str, Any],
         method: str = "trace",
     ) -> None:
+        if kwargs.pop("remote", False):
+            raise NNsightError(
+                "remote=True needs the nnsight_graph server, which this version does not have "
+                "yet; run the trace locally (leave out remote=True)"
+            )
         self.model = model
         self.method = method
         self.args = args
@@ -63,6 +68,8 @@ class Tracer:
         self._recorder: Recorder | None = None
         self._frame: FrameType | None = None
         self._captured: capture.CapturedBody | None = None
+        self._session: session.Session | None = None
+        self._recording: recording | None = None
 
     # the user's API -----------------------------------------------------------------------
 
@@ -131,6 +138,8 @@ class Tracer:
     # the with statement -------------------------------------------------------------------
 
     def __enter__(self) -> Tracer:
+        if session.current() is not None and not _ACTIVE:
+            return self._enter_in_session()
         if _ACTIVE:
             raise GraphBuildError(
                 "a trace cannot be opened inside another trace; close the first one, or group "
@@ -149,6 +158,8 @@ class Tracer:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
+        if self._session is not None:
+            return self._exit_in_session(exc_type)
         frame = self._frame
         self._frame = None
         if frame is None:
@@ -170,6 +181,54 @@ class Tracer:
         finally:
             del frame
         return True
+
+    # inside model.session() ----------------------------------------------------------------
+
+    def _enter_in_session(self) -> Tracer:
+        """In a session the body runs inline (the session captured it); record only."""
+        self._session = session.current()
+        recorder = Recorder()
+        recorder.session = self._session
+        self._recorder = recorder
+        self._recording = recording(recorder)
+        self._recording.__enter__()
+        if self.args or self.kwargs:
+            rows = self.model._batch_rows(self.args, self.kwargs)
+            recorder.open_invoke(self.args, self.kwargs, rows)
+        return self
+
+    def _exit_in_session(self, exc_type: type[BaseException] | None) -> bool:
+        recorder = self._recorder
+        assert recorder is not None and self._recording is not None
+        self._recording.__exit__(None, None, None)
+        if exc_type is not None:
+            return False
+        recorder.close_invoke()
+        for barrier in recorder.barriers:
+            barrier.check()
+        graph = recorder.finish()
+        graph.method = self.method
+        graph.options = {k: recorder.encode(v) for k, v in self.call_kwargs.items()}
+        self.graph = graph
+        assert self._session is not None
+        self._session.traces.append(self)
+        return False
+
+    def _run_in_session(self) -> None:
+        """Run this trace of a session (after the traces before it)."""
+        from dataclasses import replace
+
+        recorder = self._recorder
+        assert recorder is not None and self.graph is not None
+        graph = replace(self.graph, constants=session.resolve_session_values(self.graph.constants))
+        if self.method == "edit":
+            raise GraphBuildError("model.edit() cannot be used inside a session")
+        saved = self.model._execute(graph, recorder.total_rows) if graph.invokes else {}
+        recorder.results = saved
+        for node, cache in recorder.caches:
+            cache._fill(saved.get(node, {}))
+        for container in recorder.saved_containers:
+            saving.resolve("a saved container", container, saved, graph.optional)
 
     # recording and running ----------------------------------------------------------------
 
@@ -220,6 +279,7 @@ class Tracer:
             saved = self.model._execute(graph, recorder.total_rows, key)
         else:
             saved = {}
+        recorder.results = saved
         values = {
             name: saving.resolve(name, variables[name], saved, graph.optional)
             for name in captured.stored
