@@ -25,6 +25,7 @@ from ..ir.errors import (
 from ..ir.functions import SKIPPED, resolve
 from .batching import merge, narrow
 from .control import StopRun, skipped_modules
+from .source import traced_sources
 
 INPUT = "input"
 OUTPUT = "output"
@@ -60,6 +61,7 @@ class Plan:
     reads_result: bool = False
     grads: dict[int, dict[int, Site]] = field(default_factory=dict)  # backward -> tensor -> site
     skips: set[str] = field(default_factory=set)  # modules whose forward may be skipped
+    sources: set[str] = field(default_factory=set)  # modules whose call sites are read
     caches: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
     cached: dict[Site, list[int]] = field(default_factory=dict)  # site -> CACHE nodes
 
@@ -78,6 +80,8 @@ class Plan:
                 plan.sites[node.id] = (site, kind)
                 if site[1] == RESULT:
                     plan.reads_result = True
+                elif ".source." in site[0]:
+                    plan.sources.add(site[0].partition(".source.")[0])
                 else:
                     plan.modules.setdefault(site[0], set()).add(site[1])
                 if kind == "skip":
@@ -324,6 +328,12 @@ class Run:
                     raise ExecutionError(
                         f"the gradient requested at {node.loc} was never computed: the loss "
                         "does not depend on that value, or the backward pass never reached it"
+                    )
+                if waiting is None and ".source." in node.target:
+                    raise ModuleNotCalledError(
+                        f"{_describe(node.target)} requested at {node.loc} was never reached: "
+                        "that call site is in a branch the forward did not take this time (print "
+                        "the module's .source to see the call sites and their lines)"
                     )
                 if waiting is None and node.id not in self.graph.optional:
                     site, _ = self.plan.sites[node.id]
@@ -635,7 +645,10 @@ def execute(
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             if OUTPUT in kinds:
                 handles.append(module.register_forward_hook(partial(run.post_hook, path)))
-        with skipped_modules(plan.skips, module_at, run.skip_values):
+        sources = {path: module_at(path) for path in plan.sources}
+        with skipped_modules(plan.skips, module_at, run.skip_values), traced_sources(
+            sources, run.fire
+        ):
             try:
                 for cursor in run.cursors:
                     run.advance(cursor, None, 0, None)

@@ -117,6 +117,13 @@ class Envoy:
     def _write(self, what: str, value: Any) -> None:
         self._recorder(what).add(Op.WRITE, self._site(what), (value,))
 
+    @property
+    def source(self) -> Any:
+        """The call sites of this module's forward (print it to see their names)."""
+        from .source import SourceView
+
+        return SourceView(self)
+
     def skip(self, value: Any) -> None:
         """Do not run this module in the trace; use `value` as its output instead."""
         recorder = self._recorder("skip()")

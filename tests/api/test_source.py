@@ -1,0 +1,78 @@
+"""Source tracing (walkthrough 7.1): call sites inside a forward, read and written."""
+
+import pytest
+import torch
+
+import nnsight_graph as nnsight
+from nnsight_graph import LanguageModel, NNsight
+from nnsight_graph.models import tiny_gpt2_path
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        hidden = torch.relu(self.inner(x))
+        if x.sum() < -1000:  # never taken in these tests
+            hidden = super().forward(x)
+        return hidden * 2
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return LanguageModel(tiny_gpt2_path(), dispatch=True)
+
+
+def test_print_source_names_every_call_site(llm):
+    text = str(llm.transformer.h[0].attn.source)
+    assert "attention_interface_0 ->" in text
+    assert "self_c_proj_0 ->" in text
+    assert "attn_output = self.c_proj(attn_output)" in text
+
+
+def test_read_an_operation_output(llm):
+    with llm.trace("Hello"):
+        attn_output = llm.transformer.h[0].attn.source.attention_interface_0.output.save()
+        block_attn = llm.transformer.h[0].attn.output.save()
+    assert isinstance(attn_output, tuple)
+    expected = llm._module.transformer.h[0].attn.c_proj(
+        attn_output[0].reshape(*attn_output[0].shape[:-2], -1)
+    )
+    first = block_attn[0] if isinstance(block_attn, tuple) else block_attn
+    assert torch.allclose(first, expected, atol=1e-5)
+    assert "forward" not in llm._module.transformer.h[0].attn.__dict__  # original is back
+
+
+def test_write_an_operation_output_changes_the_module(llm):
+    with llm.trace("Hello"):
+        llm.transformer.h[0].attn.source.self_c_proj_0.output[:] = 0
+        out = llm.transformer.h[0].attn.output.save()
+    first = out[0] if isinstance(out, tuple) else out
+    assert first.abs().sum() == 0
+
+
+def test_inputs_of_an_operation(llm):
+    with llm.trace("Hello"):
+        given = llm.transformer.h[0].attn.source.self_c_proj_0.input.save()
+        returned = llm.transformer.h[0].attn.source.self_c_proj_0.output.save()
+    assert torch.allclose(llm._module.transformer.h[0].attn.c_proj(given), returned, atol=1e-6)
+
+
+def test_user_module_with_super_and_an_unknown_site():
+    torch.manual_seed(0)
+    model = NNsight(torch.nn.Sequential(Block()))
+    x = torch.rand(1, 4)
+    assert "torch_relu_0 ->" in str(model[0].source)
+    with model.trace(x):
+        relu = model[0].source.torch_relu_0.output.save()
+        model[0].source.torch_relu_0.output[:] = 1
+        out = model.output.save()
+    assert torch.equal(relu, torch.ones(1, 4))  # the saved value is the edited tensor
+    assert torch.equal(out, torch.full((1, 4), 2.0))
+    with pytest.raises(AttributeError, match="torch_relu_0"):
+        model[0].source.torch_relu_1
+    with pytest.raises(nnsight.ModuleNotCalledError, match="branch"):
+        with model.trace(x):
+            model[0].source.super_0.output.save()
