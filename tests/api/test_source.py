@@ -72,7 +72,7 @@ def test_user_module_with_super_and_an_unknown_site():
     assert torch.equal(relu, torch.ones(1, 4))  # the saved value is the edited tensor
     assert torch.equal(out, torch.full((1, 4), 2.0))
     with pytest.raises(AttributeError, match="torch_relu_0"):
-        model[0].source.torch_relu_1
+        _ = model[0].source.torch_relu_1
     with pytest.raises(nnsight.ModuleNotCalledError, match="branch"):
         with model.trace(x):
             model[0].source.super_0.output.save()
