@@ -107,6 +107,7 @@ class Plan:
 
 
 _FLAT = frozenset({Ref, Const, int, float, bool, str, type(None)})
+_CONTROL = frozenset({Op.STOP, Op.BARRIER, Op.BACKWARD})
 
 
 class SiteValue:
@@ -174,16 +175,18 @@ class Run:
         step = self.fired.get(site, 0)
         self.fired[site] = step + 1
         box = SiteValue(value, site[1])
-        self.released = True
-        while self.released:
-            self.released = False
+        while True:
             for cursor in self.cursors:
                 if cursor.position < len(cursor.nodes):
                     self.advance(cursor, site, step, box)
                     if cursor.waiting_for is not None:
                         self.check_wait_can_end(cursor)
-        for cache in self.plan.cached.get(site, ()):
-            self.cache[cache].setdefault(site, []).append(box.full)
+            if not self.released:
+                break
+            self.released = False  # a barrier opened: the invokes waiting at it go on
+        if self.plan.cached:
+            for cache in self.plan.cached.get(site, ()):
+                self.cache[cache].setdefault(site, []).append(box.full)
         return box.full
 
     def pre_hook(self, path: str, module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
@@ -215,26 +218,9 @@ class Run:
                     return
                 self.run_hooked(cursor, node, kind, box)
                 cursor.last_hooked = node
-            elif node.op is Op.STOP:
-                cursor.position += 1
-                self.release(node)
-                raise StopRun()
-            elif node.op is Op.BARRIER:
-                arrived = self.arrived.setdefault(node.target, set())
-                if cursor.index not in arrived:
-                    arrived.add(cursor.index)
-                    self.released = len(arrived) == node.args[0] or self.released
-                if len(arrived) < node.args[0]:
-                    return  # wait for the other participants
-                cursor.position += 1
-                continue
-            elif node.op is Op.BACKWARD:
-                cursor.position += 1  # its gradient hooks advance this cursor re-entrantly
-                fence, cursor.fence = cursor.fence, _gradient_work_end(cursor, node)
-                try:
-                    self.run_backward(node)
-                finally:
-                    cursor.fence = fence
+            elif node.op in _CONTROL:
+                if not self.run_control(cursor, node):
+                    return
                 continue
             else:
                 try:
@@ -244,6 +230,29 @@ class Run:
                     return
                 cursor.waiting_for = None
             cursor.position += 1
+
+    def run_control(self, cursor: Cursor, node: Node) -> bool:
+        """STOP, BARRIER or BACKWARD; False when the cursor must wait here."""
+        if node.op is Op.STOP:
+            cursor.position += 1
+            self.release(node)
+            raise StopRun()
+        if node.op is Op.BARRIER:
+            arrived = self.arrived.setdefault(node.target, set())
+            if cursor.index not in arrived:
+                arrived.add(cursor.index)
+                self.released = len(arrived) == node.args[0] or self.released
+            if len(arrived) < node.args[0]:
+                return False  # wait for the other participants
+            cursor.position += 1
+            return True
+        cursor.position += 1  # BACKWARD: its gradient hooks advance this cursor re-entrantly
+        fence, cursor.fence = cursor.fence, _gradient_work_end(cursor, node)
+        try:
+            self.run_backward(node)
+        finally:
+            cursor.fence = fence
+        return True
 
     def guard_holds(self, node: Node) -> bool:
         """Whether the condition of the `if proxy:` branch holding this node is true."""
@@ -645,23 +654,31 @@ def execute(
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             if OUTPUT in kinds:
                 handles.append(module.register_forward_hook(partial(run.post_hook, path)))
-        sources = {path: module_at(path) for path in plan.sources}
-        with skipped_modules(plan.skips, module_at, run.skip_values), traced_sources(
-            sources, run.fire
-        ):
-            try:
-                for cursor in run.cursors:
-                    run.advance(cursor, None, 0, None)
-                result = call()
-                if plan.reads_result:
-                    run.fire(("", RESULT), result)
-            except StopRun:
-                run.stopped = True
-            run.finish()
+        if plan.skips or plan.sources:
+            sources = {path: module_at(path) for path in plan.sources}
+            with skipped_modules(plan.skips, module_at, run.skip_values), traced_sources(
+                sources, run.fire
+            ):
+                _run_model(run, call)
+        else:
+            _run_model(run, call)
     finally:
         for handle in handles:
             handle.remove()
     return run.saved
+
+
+def _run_model(run: Run, call: Callable[[], Any]) -> None:
+    """Advance every invoke, run the model, then let the invokes finish."""
+    try:
+        for cursor in run.cursors:
+            run.advance(cursor, None, 0, None)
+        result = call()
+        if run.plan.reads_result:
+            run.fire(("", RESULT), result)
+    except StopRun:
+        run.stopped = True
+    run.finish()
 
 
 def execute_graph(
