@@ -157,6 +157,7 @@ class Run:
         self.fired: dict[Site, int] = {}
         self.skipped: set[int] = set()
         self.stopped = False
+        self.muted = 0  # > 0 while an intervention itself calls a module
         self.skip_values: dict[str, list[Any]] = {}
         self.arrived: dict[str, set[int]] = {}
         self.released = False  # a barrier opened during this hook: give waiting invokes a turn
@@ -172,6 +173,8 @@ class Run:
 
     def fire(self, site: Site, value: Any) -> Any:
         """A hook site was reached: let every invoke take its turn, return the final value."""
+        if self.muted:
+            return value
         step = self.fired.get(site, 0)
         self.fired[site] = step + 1
         box = SiteValue(value, site[1])
@@ -491,6 +494,14 @@ class Run:
             match node.op:
                 case Op.CALL:
                     result = resolve(node.target)(*args, **kwargs)
+                case Op.METHOD if node.target == "__call__" and isinstance(
+                    args[0], torch.nn.Module
+                ):
+                    self.muted += 1  # a module called by the intervention is not a step
+                    try:
+                        result = args[0](*args[1:], **kwargs)
+                    finally:
+                        self.muted -= 1
                 case Op.METHOD:
                     result = getattr(args[0], node.target)(*args[1:], **kwargs)
                 case Op.GETATTR:

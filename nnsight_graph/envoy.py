@@ -117,6 +117,15 @@ class Envoy:
     def _write(self, what: str, value: Any) -> None:
         self._recorder(what).add(Op.WRITE, self._site(what), (value,))
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Proxy:
+        """Call the module on traced values inside a trace (`model.lm_head(hidden)`).
+
+        The call runs when its inputs exist; the module's own hooks do not see it, so it does
+        not count as one of the module's steps.
+        """
+        recorder = self._recorder("__call__")
+        return recorder.proxy(Op.METHOD, "__call__", (self._module, *args), **kwargs)
+
     @property
     def source(self) -> Any:
         """The call sites of this module's forward (print it to see their names)."""

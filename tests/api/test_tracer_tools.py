@@ -150,3 +150,19 @@ def test_stop_ends_the_run_and_keeps_what_was_saved(llm):
     assert layer0.shape == (1, 128)
     assert "never" not in locals() or isinstance(never, nnsight.saving.Unsaved)
     assert _clean(llm._module)
+
+
+def test_calling_a_module_inside_a_trace_is_not_one_of_its_steps(llm):
+    with llm.trace(PROMPT):
+        lens = []
+        for i in range(4):
+            hidden = llm.transformer.h[i].output
+            lens.append(llm.lm_head(llm.transformer.ln_f(hidden))[0, -1].save())
+        final = llm.lm_head.output[0, -1].save()
+    module = llm._module
+    outputs, logits = _plain_outputs(llm, PROMPT, [f"transformer.h.{i}" for i in range(4)])
+    for i in range(4):
+        expected = module.lm_head(module.transformer.ln_f(outputs[f"transformer.h.{i}"]))
+        assert torch.allclose(lens[i], expected[0, -1], atol=1e-5)
+    assert torch.allclose(final, logits[0, -1], atol=1e-5)  # the real lm_head call, step 0
+    assert torch.allclose(lens[3], final, atol=1e-5)
