@@ -62,6 +62,7 @@ class Plan:
     grads: dict[int, dict[int, Site]] = field(default_factory=dict)  # backward -> tensor -> site
     skips: set[str] = field(default_factory=set)  # modules whose forward may be skipped
     sources: set[str] = field(default_factory=set)  # modules whose call sites are read
+    expanded: set[str] = field(default_factory=set)  # call sites whose callee is traced too
     caches: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
     cached: dict[Site, list[int]] = field(default_factory=dict)  # site -> CACHE nodes
 
@@ -81,7 +82,10 @@ class Plan:
                 if site[1] == RESULT:
                     plan.reads_result = True
                 elif ".source." in site[0]:
-                    plan.sources.add(site[0].partition(".source.")[0])
+                    parts = site[0].split(".source.")
+                    plan.sources.add(parts[0])
+                    for depth in range(2, len(parts)):
+                        plan.expanded.add(".source.".join(parts[:depth]))
                 else:
                     plan.modules.setdefault(site[0], set()).add(site[1])
                 if kind == "skip":
@@ -668,7 +672,7 @@ def execute(
         if plan.skips or plan.sources:
             sources = {path: module_at(path) for path in plan.sources}
             with skipped_modules(plan.skips, module_at, run.skip_values), traced_sources(
-                sources, run.fire
+                sources, run.fire, plan.expanded
             ):
                 _run_model(run, call)
         else:

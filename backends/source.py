@@ -29,12 +29,18 @@ class Instrumented:
     source: str  # the forward's source, dedented
     first_line: int  # line of the source's first line in its file
     sites: dict[str, int]  # site name -> line in `source` (1-based)
+    callees: dict[str, str]  # site name -> the called expression's source ("self.c_proj")
     function: Callable[..., Any]  # the rewritten forward (unbound)
+    original: Callable[..., Any]  # the function whose source this is
 
 
 @functools.cache
-def instrument(forward: Callable[..., Any]) -> Instrumented:
-    """Name the call sites of `forward` and compile a copy that reports each call."""
+def instrument(forward: Callable[..., Any], nested: bool = False) -> Instrumented:
+    """Name the call sites of `forward` and compile a copy that reports each call.
+
+    A `nested` copy (a function called from an instrumented forward) reports its calls under
+    the call site that called it.
+    """
     function = inspect.unwrap(getattr(forward, "__func__", forward))
     lines, first_line = inspect.getsourcelines(function)
     source = textwrap.dedent("".join(lines))
@@ -47,7 +53,7 @@ def instrument(forward: Callable[..., Any]) -> Instrumented:
     namer.visit(definition)
     ast.fix_missing_locations(tree)
     code_globals = dict(getattr(function, "__globals__", {}))
-    code_globals[DISPATCH] = _dispatch
+    code_globals[DISPATCH] = _nested_dispatch if nested else _dispatch
     free = function.__code__.co_freevars
     wrapper = ast.parse(f"def __nnsight_make__({', '.join(free)}):\n    pass").body[0]
     result = ast.Return(ast.Name(definition.name, ast.Load()))
@@ -60,7 +66,7 @@ def instrument(forward: Callable[..., Any]) -> Instrumented:
     exec(compile(module, file, "exec"), code_globals, namespace)
     cells = [cell.cell_contents for cell in (function.__closure__ or ())]
     compiled = namespace["__nnsight_make__"](*cells)
-    return Instrumented(source, first_line, namer.sites, compiled)
+    return Instrumented(source, first_line, namer.sites, namer.callees, compiled, function)
 
 
 class _CallSites(ast.NodeTransformer):
@@ -70,6 +76,7 @@ class _CallSites(ast.NodeTransformer):
         self.self_name = self_name
         self.counts: dict[str, int] = {}
         self.sites: dict[str, int] = {}
+        self.callees: dict[str, str] = {}
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         if self.sites or self.counts:
@@ -87,6 +94,7 @@ class _CallSites(ast.NodeTransformer):
         self.counts[base] = index + 1
         name = f"{base}_{index}"
         self.sites[name] = node.lineno
+        self.callees[name] = ast.unparse(node.func)
         call = ast.Call(
             func=ast.Name(DISPATCH, ast.Load()),
             args=[ast.Name(self.self_name, ast.Load()), ast.Constant(name), node.func, *node.args],
@@ -110,6 +118,8 @@ def _callee_name(func: ast.expr) -> str:
 
 Fire = Callable[[tuple[str, str], Any], Any]
 _ACTIVE: dict[int, tuple[str, Fire]] = {}  # id(module) -> (its path, the run's fire)
+_EXPANDED: set[str] = set()  # call sites whose own calls are traced (`site.source.x`)
+_CALLERS: list[tuple[str, Fire]] = []  # the expanded call sites being run, innermost last
 
 
 def _dispatch(owner: Any, name: str, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -117,15 +127,73 @@ def _dispatch(owner: Any, name: str, function: Any, *args: Any, **kwargs: Any) -
     if active is None:
         return function(*args, **kwargs)
     path, fire = active
-    site = f"{path}.source.{name}"
+    return _report(f"{path}.source.{name}", fire, function, args, kwargs)
+
+
+def _nested_dispatch(owner: Any, name: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+    if not _CALLERS:
+        return function(*args, **kwargs)
+    caller, fire = _CALLERS[-1]
+    return _report(f"{caller}.source.{name}", fire, function, args, kwargs)
+
+
+def _report(site: str, fire: Fire, function: Any, args: Any, kwargs: Any) -> Any:
     args, kwargs = fire((site, "input"), (args, kwargs))
-    return fire((site, "output"), function(*args, **kwargs))
+    if site in _EXPANDED:
+        function = _expanded(site, function)
+        _CALLERS.append((site, fire))
+        try:
+            result = function(*args, **kwargs)
+        finally:
+            _CALLERS.pop()
+    else:
+        result = function(*args, **kwargs)
+    return fire((site, "output"), result)
+
+
+def _expanded(site: str, function: Any) -> Any:
+    """The instrumented copy of the Python function a call site calls."""
+    if isinstance(function, torch.nn.Module):
+        raise TypeError(
+            f"{site} calls a module: use that module's own .source (model.<path>.source)"
+        )
+    owner = getattr(function, "__self__", None)
+    plain = getattr(function, "__func__", function)
+    if not inspect.isfunction(inspect.unwrap(plain)):
+        raise TypeError(f"{site} calls {function!r}, which has no Python source to trace")
+    copy = instrument(plain, nested=True).function
+    return copy.__get__(owner) if owner is not None else copy
+
+
+def resolve_callee(instrumented: Instrumented, name: str, owner: Any) -> Any:
+    """The object a call site calls, when it can be known without running (else None)."""
+    expression = instrumented.callees.get(name, "")
+    parts = expression.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    first_parameter = next(iter(inspect.signature(instrumented.original).parameters), None)
+    if parts[0] == first_parameter:
+        value: Any = owner
+    else:
+        scope = getattr(instrumented.original, "__globals__", {})
+        if parts[0] not in scope:
+            return None
+        value = scope[parts[0]]
+    for part in parts[1:]:
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
 
 
 @contextmanager
-def traced_sources(modules: dict[str, torch.nn.Module], fire: Fire) -> Iterator[None]:
-    """While the block runs, each module's forward reports its call sites to `fire`."""
+def traced_sources(
+    modules: dict[str, torch.nn.Module], fire: Fire, expanded: set[str]
+) -> Iterator[None]:
+    """While the block runs, each module's forward reports its call sites to `fire`; the
+    functions called at the `expanded` sites report theirs too."""
     patched: list[tuple[torch.nn.Module, Any]] = []
+    _EXPANDED.update(expanded)
     try:
         for path, module in modules.items():
             instrumented = instrument(type(module).forward)
@@ -135,6 +203,7 @@ def traced_sources(modules: dict[str, torch.nn.Module], fire: Fire) -> Iterator[
             _ACTIVE[id(module)] = (path, fire)
         yield
     finally:
+        _EXPANDED.difference_update(expanded)
         for module, own in patched:
             _ACTIVE.pop(id(module), None)
             if own is None:
@@ -158,4 +227,4 @@ def annotated(instrumented: Instrumented) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["Instrumented", "annotated", "instrument", "traced_sources"]
+__all__ = ["Instrumented", "annotated", "instrument", "resolve_callee", "traced_sources"]

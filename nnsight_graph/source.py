@@ -8,9 +8,11 @@ that call returned in a trace, and can be assigned like a module's output.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+import inspect
 
-from .backends.source import annotated, instrument
+import torch
+
+from .backends.source import Instrumented, annotated, instrument, resolve_callee
 from .envoy import Envoy
 from .ir import GraphBuildError
 
@@ -41,20 +43,68 @@ class SourceView:
                 f"{type(self._envoy._module).__name__}.forward has no call site {name!r}.{hint} "
                 "print(envoy.source) lists them."
             )
-        path = self._envoy._path
-        return OperationEnvoy(self._envoy._module, f"{path}.source.{name}" if path else
-                              f"source.{name}")
+        return _operation(self._envoy, self._instrumented, name)
+
+
+def _operation(owner: Envoy, instrumented: Instrumented, name: str) -> OperationEnvoy:
+    path = f"{owner._path}.source.{name}" if owner._path else f"source.{name}"
+    operation = OperationEnvoy(owner._module, path)
+    callee = resolve_callee(instrumented, name, owner._module)
+    object.__setattr__(operation, "_callee", callee)
+    return operation
 
 
 class OperationEnvoy(Envoy):
-    """One call inside a forward: `.output` (what it returned), `.input`, `.inputs`."""
+    """One call inside a forward: `.output` (what it returned), `.input`, `.inputs`, and
+    `.source`: the call sites inside the function it calls, one level deeper."""
 
     @property
-    def source(self) -> Any:
-        raise GraphBuildError(
-            "the source of a call inside a forward is not traced yet; use the operation's "
-            ".input/.output, or trace the called module's own .source"
-        )
+    def source(self) -> NestedSourceView:
+        return NestedSourceView(self)
 
     def __repr__(self) -> str:
         return f"<operation {self._path}>"
+
+
+class NestedSourceView:
+    """The call sites of the function a call site calls (`site.source.<name>`)."""
+
+    def __init__(self, operation: OperationEnvoy) -> None:
+        self._operation = operation
+        callee = operation.__dict__.get("_callee")
+        if isinstance(callee, torch.nn.Module):
+            raise GraphBuildError(
+                f"{operation._path} calls a module: use that module's own .source"
+            )
+        function = getattr(callee, "__func__", callee)
+        self._instrumented = (
+            instrument(function, nested=True) if inspect.isfunction(function) else None
+        )
+
+    def __repr__(self) -> str:
+        if self._instrumented is None:
+            raise GraphBuildError(
+                f"the function called at {self._operation._path} is only known when the model "
+                "runs (it is chosen at run time), so its source cannot be shown; its call sites "
+                "can still be used by name, callee_index as elsewhere (for example "
+                ".source.torch_matmul_0)"
+            )
+        return annotated(self._instrumented)
+
+    __str__ = __repr__
+
+    def __getattr__(self, name: str) -> OperationEnvoy:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        instrumented = self._instrumented
+        if instrumented is not None and name not in instrumented.sites:
+            close = difflib.get_close_matches(name, list(instrumented.sites), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise AttributeError(f"{self._operation._path} calls no {name!r}.{hint}")
+        path = f"{self._operation._path}.source.{name}"
+        operation = OperationEnvoy(self._operation._module, path)
+        callee = None
+        if instrumented is not None:
+            callee = resolve_callee(instrumented, name, None)
+        object.__setattr__(operation, "_callee", callee)
+        return operation

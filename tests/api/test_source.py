@@ -76,3 +76,41 @@ def test_user_module_with_super_and_an_unknown_site():
     with pytest.raises(nnsight.ModuleNotCalledError, match="branch"):
         with model.trace(x):
             model[0].source.super_0.output.save()
+
+
+def scale_and_shift(x, factor):
+    scaled = torch.mul(x, factor)
+    return torch.add(scaled, 1.0)
+
+
+class UsesHelper(torch.nn.Module):
+    def forward(self, x):
+        return scale_and_shift(x, 3.0)
+
+
+def test_source_one_level_deeper_into_a_called_function():
+    model = NNsight(torch.nn.Sequential(UsesHelper()))
+    x = torch.ones(1, 2)
+    listing = str(model[0].source.scale_and_shift_0.source)
+    assert "torch_mul_0 ->" in listing and "torch_add_0 ->" in listing
+    with model.trace(x):
+        scaled = model[0].source.scale_and_shift_0.source.torch_mul_0.output.save()
+        model[0].source.scale_and_shift_0.source.torch_mul_0.output[:] = 10
+        out = model.output.save()
+    assert torch.equal(scaled, torch.full((1, 2), 10.0))
+    assert torch.equal(out, torch.full((1, 2), 11.0))
+    with pytest.raises(AttributeError, match="torch_mul_0"):
+        _ = model[0].source.scale_and_shift_0.source.torch_mul_9
+
+
+def test_a_function_chosen_at_run_time_is_traced_by_name(llm):
+    attention = llm.transformer.h[0].attn.source.attention_interface_0
+    with pytest.raises(nnsight.GraphBuildError, match="only known when the model runs"):
+        str(attention.source)
+    name = "torch_nn_functional_scaled_dot_product_attention_0"
+    if llm.config._attn_implementation != "sdpa":
+        pytest.skip("the shipped model runs another attention implementation here")
+    with llm.trace("Hello"):
+        inner = getattr(attention.source, name).output.save()
+        outer = attention.output.save()
+    assert torch.allclose(inner.transpose(1, 2), outer[0])
