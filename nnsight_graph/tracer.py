@@ -55,6 +55,7 @@ class Tracer:
         kwargs: dict[str, Any],
         method: str = "trace",
     ) -> None:
+        self.run = kwargs.pop("run", True)  # run=False: record and validate, no compute
         if kwargs.pop("remote", False):
             raise NNsightError(
                 "remote=True needs the nnsight_graph server, which this version does not have "
@@ -275,6 +276,9 @@ class Tracer:
         if self.method == "edit":
             result = self.model._add_edit(graph, bool(self.call_kwargs.get("inplace")))
             saved: dict[int, Any] = {}
+        elif graph.invokes and not self.run:
+            self.model._plan(graph, key)  # validation raises here; the model does not run
+            saved = {}
         elif graph.invokes:
             saved = self.model._execute(graph, recorder.total_rows, key)
         else:

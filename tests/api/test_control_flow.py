@@ -134,3 +134,20 @@ def test_steps_on_a_module_called_twice(x):
         for _step in tracer.iter[0:2]:
             seen.append(model.block.output)
     assert torch.allclose(seen[1], second)
+
+
+def test_a_graph_without_running_the_model(net, x):
+    model = nnsight.NNsight(net)
+    calls = []
+    handle = net.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with model.trace(x, run=False) as tracer:
+            out = model.output.save()
+    finally:
+        handle.remove()
+    assert calls == []
+    assert "read output()" in str(tracer.graph)
+    with pytest.raises(nnsight.UnsavedValueError):
+        out + 1
+    saved = model.run(tracer.graph)
+    assert torch.allclose(next(iter(saved.values())), net(x))
