@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from ..ir import HOOKED, BatchError, BatchIndexError, Graph, Node, Op, OutOfOrderError, Ref
+from ..ir import (
+    HOOKED,
+    BatchError,
+    BatchIndexError,
+    Graph,
+    Node,
+    Op,
+    OutOfOrderError,
+    Ref,
+    ValidationError,
+)
 from .facts import ModelFacts, Site
 
 
@@ -80,3 +90,70 @@ def _check_write(graph: Graph, node: Node, owned: int) -> None:
             f"the value set at {node.loc} has {shape[0]} row(s) but this invoke owns {owned}; "
             f"give it shape ({owned}, ...)"
         )
+
+
+def check_gradients(graph: Graph, facts: ModelFacts | None) -> Graph:
+    """Raise when a `.grad` is read or set outside a backward pass of its own invoke.
+
+    A gradient node names the BACKWARD node whose pass computes it (args[1]); that node must
+    come earlier in the same invoke, or the gradient would never exist.
+    """
+    backwards = {node.id: node for node in graph.nodes if node.op is Op.BACKWARD}
+    seen: set[int] = set()
+    for node in graph.nodes:
+        seen.add(node.id)
+        if node.op not in HOOKED or node.target != "grad":
+            continue
+        verb = "read" if node.op is Op.READ else "set"
+        backward = node.args[1] if len(node.args) > 1 else None
+        if not isinstance(node.args[0] if node.args else None, Ref) or not isinstance(
+            backward, Ref
+        ):
+            raise ValidationError(
+                f"the .grad {verb} at {node.loc} does not name the value and the backward "
+                "pass it belongs to; record it as `value.grad` inside `with loss.backward():`"
+            )
+        source = backwards.get(backward.id)
+        if source is None or backward.id not in seen:
+            raise ValidationError(
+                f"the .grad {verb} at {node.loc} is not inside a backward pass: gradients "
+                "exist only while one runs. Use .grad inside `with loss.backward():`, after "
+                "the loss is computed"
+            )
+        if source.invoke != node.invoke:
+            raise ValidationError(
+                f"the .grad {verb} at {node.loc} (invoke {node.invoke}) belongs to the "
+                f"backward pass at {source.loc} of invoke {source.invoke}; use .grad inside a "
+                "`with loss.backward():` block of the same invoke"
+            )
+    return graph
+
+
+def check_skips(graph: Graph, facts: ModelFacts | None) -> Graph:
+    """Raise when a module is skipped after its output was read in the same invoke and step:
+    once the output exists the module has run, so the skip could not take effect."""
+    reads: dict[tuple[str, int, int], Node] = {}
+    for node in graph.nodes:
+        if node.op is Op.READ and node.target.endswith("output"):
+            path = _module_path(node.target, "output")
+            if path is not None:
+                reads.setdefault((path, node.invoke, node.step), node)
+        elif node.op is Op.SKIP:
+            path = _module_path(node.target, "skip")
+            read = reads.get((path, node.invoke, node.step)) if path is not None else None
+            if read is not None:
+                raise ValidationError(
+                    f"{_name(node.target)}() at {node.loc} comes after {_name(read.target)} "
+                    f"was read at {read.loc}; once the output exists the module has run. Skip "
+                    "the module before reading its output"
+                )
+    return graph
+
+
+def _module_path(target: str, kind: str) -> str | None:
+    """The module path of a hook target of this kind ("h.0.output" -> "h.0", "output" -> "")."""
+    if target == kind:
+        return ""
+    if target.endswith("." + kind):
+        return target[: -len(kind) - 1]
+    return None

@@ -132,4 +132,4 @@ def test_pipeline_validates_then_optimizes():
         ],
         invokes=[Invoke(0, (), {}, 0, 1)],
     )
-    assert run_passes(graph, FACTS).nodes == []
+    assert run_passes(graph, FACTS, debug=True).nodes == []
