@@ -12,6 +12,26 @@ IN_PLACE_OPERATORS = frozenset(
 )
 
 
+CONTAINER_MUTATORS = frozenset(
+    {
+        "append",
+        "extend",
+        "insert",
+        "pop",
+        "popitem",
+        "remove",
+        "clear",
+        "update",
+        "setdefault",
+        "sort",
+        "reverse",
+        "add",
+        "discard",
+    }
+)
+"""Methods of lists, dicts and sets that change the object in place (no trailing `_`)."""
+
+
 def has_effect(node: Node) -> bool:
     """Whether the node must run even if nothing uses its value (saves, writes, in-place ops)."""
     if node.op in EFFECTFUL:
@@ -21,6 +41,8 @@ def has_effect(node: Node) -> bool:
         if kwargs and (kwargs.get("inplace") is True or "out" in kwargs):
             return True  # F.relu(x, inplace=True), torch.mul(a, b, out=a)
         name = node.target.rsplit(".", 1)[-1]
+        if node.op is Op.METHOD and name in CONTAINER_MUTATORS:
+            return True  # values.append(x) on a list made in the trace
         if name.endswith("_") and not name.endswith("__"):
             return True  # torch's in-place convention: add_, zero_, requires_grad_
         if node.target in IN_PLACE_OPERATORS or (name.startswith("__i") and name != "__invert__"):

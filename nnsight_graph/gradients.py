@@ -36,6 +36,16 @@ def read_grad(proxy: Proxy) -> Proxy:
 
 def write_grad(proxy: Proxy, value: Any) -> None:
     """`value.grad = new` inside a backward block: replace the gradient flowing on."""
+    import torch
+
+    from .proxy import Proxy
+
+    if not isinstance(value, (Proxy, torch.Tensor)):
+        raise GraphBuildError(
+            f".grad can only be set to a tensor, not {type(value).__name__}: write "
+            "`value.grad = torch.zeros_like(value.grad)` or change it in place "
+            "(`value.grad[:] = 0`)"
+        )
     recorder = proxy._nn_recorder
     recorder.add(Op.WRITE, "grad", (proxy, _current(recorder), value))
 

@@ -140,7 +140,7 @@ class NNsight(Envoy):
         cached: _CachedPlan | None = self._plans.get(key)
         if cached is not None and cached.matches(graph, facts):
             return cached.plan
-        plan = Plan.build(run_passes(graph, facts))
+        plan = Plan.build(run_passes(graph, facts, debug=CONFIG.APP.DEBUG))
         self._plans[key] = _CachedPlan.of(graph, facts, plan)
         return plan
 

@@ -4,6 +4,7 @@ calls that may change values other than their own result."""
 from __future__ import annotations
 
 from ..ir import Node, Op, mutates
+from ..ir.effects import CONTAINER_MUTATORS
 
 RANDOM_NAMES = frozenset(
     {
@@ -33,25 +34,6 @@ PURE_NAMESPACES = frozenset(
 
 IMPURE_WORDS = ("save", "load", "set_", "use_", "compile", "grad_enabled", "inference", "print")
 """Functions in the pure namespaces that change global state or touch files."""
-
-CONTAINER_MUTATORS = frozenset(
-    {
-        "append",
-        "extend",
-        "insert",
-        "pop",
-        "popitem",
-        "remove",
-        "clear",
-        "update",
-        "setdefault",
-        "sort",
-        "reverse",
-        "add",
-        "discard",
-    }
-)
-"""Methods of lists, dicts and sets that change the object in place (no trailing `_`)."""
 
 IMPURE_METHODS = frozenset(
     {"__call__", "backward", "register_hook", "retain_grad", "record_stream"}

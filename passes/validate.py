@@ -14,6 +14,7 @@ from ..ir import (
     ValidationError,
 )
 from .facts import ModelFacts, Site
+from .optimize import eliminate_dead_nodes
 
 
 def _site(target: str) -> Site:
@@ -29,9 +30,12 @@ def check_module_order(graph: Graph, facts: ModelFacts | None) -> Graph:
     """Raise OutOfOrderError when an invoke reads modules against the known call order."""
     if facts is None or not facts.order:
         return graph
+    # only reads that will run count: an unused read is dropped before the run (as on a
+    # model's first run, when the order is not known yet), so it cannot be out of order
+    live = {node.id for node in eliminate_dead_nodes(graph).nodes}
     last: dict[tuple[int, int], tuple[int, Node]] = {}
     for node in graph.nodes:
-        if node.op not in HOOKED or node.target == "result":
+        if node.op not in HOOKED or node.target == "result" or node.id not in live:
             continue
         position = facts.order.get(_site(node.target))
         if position is None:

@@ -76,6 +76,8 @@ def test_order_is_checked_against_known_call_order():
         nodes=[
             Node(0, Op.READ, "layer2.output", (), {}, 0, 0, SourceLoc("/x/demo.py", 5)),
             Node(1, Op.READ, "layer1.output", (), {}, 0, 0, SourceLoc("/x/demo.py", 6)),
+            Node(2, Op.SAVE, "", (Ref(0),), {}, 0, 0, None),
+            Node(3, Op.SAVE, "", (Ref(1),), {}, 0, 0, None),
         ],
         invokes=[Invoke(0, (), {}, 0, 1)],
     )
@@ -83,11 +85,14 @@ def test_order_is_checked_against_known_call_order():
         check_module_order(graph, FACTS)
     # another invoke may read earlier modules again
     other = Graph(
-        nodes=[graph.nodes[0], graph.nodes[1]._replace(invoke=1)],
+        nodes=[graph.nodes[0], graph.nodes[1]._replace(invoke=1), *graph.nodes[2:]],
         invokes=[Invoke(0, (), {}, 0, 1), Invoke(1, (), {}, 1, 2)],
     )
     assert check_module_order(other, FACTS) is other
     assert check_module_order(graph, None) is graph
+    # an unused read never runs, so it cannot be out of order (as on a first run)
+    unused = graph.with_nodes(graph.nodes[:3])
+    assert check_module_order(unused, FACTS) is unused
 
 
 def test_modules_that_run_twice_are_not_ordered():
