@@ -255,6 +255,32 @@ def preload_names(
     return (*captured.helpers, *names)
 
 
+def begin(frame: FrameType) -> CapturedBody:
+    """At `__enter__`: capture the `with` body the frame is entering and skip running it."""
+    captured = find_body(frame)
+    if not captured.empty:
+        skip_body(frame)
+    return captured
+
+
+def end(frame: FrameType, captured: CapturedBody, exc_type: type[BaseException] | None) -> bool:
+    """At `__exit__`: undo `begin`; whether the block ended as planned (run the body now)."""
+    if captured.empty:
+        return exc_type is None
+    restore_tracing(frame)
+    return exc_type is SkipBody
+
+
+def run_body(run: Callable[[FrameType], None], frame: FrameType, skip: Any) -> None:
+    """Run the captured body; errors do not show the SkipBody they replaced as context."""
+    try:
+        run(frame)
+    except BaseException as error:
+        if error.__context__ is skip:
+            error.__context__ = None
+        raise
+
+
 _previous_trace: list[Any] = []
 
 

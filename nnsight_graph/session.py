@@ -39,10 +39,8 @@ class Session:
         if _ACTIVE or _SESSIONS:
             raise GraphBuildError("a session cannot be opened inside a trace or another session")
         frame = sys._getframe(1)
-        self._captured = capture.find_body(frame)
+        self._captured = capture.begin(frame)
         self._frame = frame
-        if not self._captured.empty:
-            capture.skip_body(frame)
         return self
 
     def __exit__(
@@ -54,18 +52,9 @@ class Session:
         frame, self._frame = self._frame, None
         if frame is None or self._captured is None:
             return False
-        if not self._captured.empty:
-            capture.restore_tracing(frame)
-            if exc_type is not capture.SkipBody:
-                return False
-        elif exc_type is not None:
+        if not capture.end(frame, self._captured, exc_type):
             return False
-        try:
-            self._run(frame)
-        except BaseException as error:
-            if error.__context__ is exc:
-                error.__context__ = None
-            raise
+        capture.run_body(self._run, frame, exc)
         return True
 
     def _run(self, frame: FrameType) -> None:

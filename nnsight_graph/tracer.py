@@ -147,10 +147,8 @@ class Tracer:
                 "traces with model.session()"
             )
         frame = sys._getframe(1)
-        self._captured = capture.find_body(frame)
+        self._captured = capture.begin(frame)
         self._frame = frame
-        if not self._captured.empty:
-            capture.skip_body(frame)
         return self
 
     def __exit__(
@@ -161,26 +159,12 @@ class Tracer:
     ) -> bool:
         if self._session is not None:
             return self._exit_in_session(exc_type)
-        frame = self._frame
-        self._frame = None
-        if frame is None:
+        frame, self._frame = self._frame, None
+        if frame is None or self._captured is None:
             return False
-        assert self._captured is not None
-        if self._captured.empty:
-            if exc_type is not None:
-                return False
-        else:
-            capture.restore_tracing(frame)
-            if exc_type is not capture.SkipBody:
-                return False
-        try:
-            self._run(frame)
-        except BaseException as error:
-            if error.__context__ is exc:
-                error.__context__ = None
-            raise
-        finally:
-            del frame
+        if not capture.end(frame, self._captured, exc_type):
+            return False
+        capture.run_body(self._run, frame, exc)
         return True
 
     # inside model.session() ----------------------------------------------------------------
