@@ -17,8 +17,8 @@ tokens), so every run makes exactly 32 forward passes; the floor checks that it 
 ids and 32 hook calls. Before timing, the trace's saved tokens are checked against the floor's.
 The per-step overhead is (trace - floor) / 32, each library against its own process's floor.
 
-Cases: ``tiny-gpt2``, the tiny GPT-2 shipped in ``nnsight_graph.models`` (or its copy in
-``/tmp/tg_full`` while the package has no weights yet); ``gpt2-12x64``, a random-init 12-layer,
+Cases: ``tiny-gpt2``, the tiny GPT-2 shipped in ``nnsight_graph.models``; ``gpt2-12x64``, a
+random-init 12-layer,
 64-wide GPT-2 with the tiny model's tokenizer, saved to a temporary directory. The floor and the
 library each load their own copy of the model from the directory.
 
@@ -52,7 +52,6 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = "/opt/nnsight-venv"
-TINY_FALLBACK = Path("/tmp/tg_full")  # a copy of the shipped tiny model
 PROMPT = "The Eiffel Tower is in"
 NEW_TOKENS = 32
 ITERS = 20  # timed generations per column; --quick: QUICK_ITERS
@@ -123,16 +122,8 @@ def quiet_transformers() -> None:
 
 
 def tiny_model_dir() -> str:
-    """The shipped tiny GPT-2, or its copy in /tmp while the package has no weights yet."""
-    try:
-        from nnsight_graph.models import tiny_gpt2_path
-
-        path = Path(tiny_gpt2_path())
-    except Exception:  # noqa: BLE001 - the package may not import; its data dir still may
-        path = REPO_ROOT / "nnsight_graph" / "models" / "tiny_gpt2"
-    if (path / "model.safetensors").exists():
-        return str(path)
-    return str(TINY_FALLBACK)
+    """The tiny GPT-2 that ships with the package."""
+    return str(REPO_ROOT / "nnsight_graph" / "models" / "tiny_gpt2")
 
 
 def build_gpt2_dir(tokenizer_dir: str, out_dir: str) -> str:

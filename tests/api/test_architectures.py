@@ -3,7 +3,6 @@ as `LanguageModel(model, tokenizer=...)` (with the tiny GPT-2's tokenizer) and a
 `NNsight(model)`. Reads, edits, left-padded batching and generation steps are compared with
 plain torch hooks and plain `transformers` runs on the same model."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,21 +14,14 @@ transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-4
 SHORT, LONG = "Vatican is in the city of", "The Eiffel Tower is in the city of"
-FALLBACK = Path("/tmp/tg_full")
 ARCHS = ["llama", "neox"]
 
 
 def tiny_gpt2_dir() -> str:
-    """The shipped tiny GPT-2 when it is built, else the working copy, else skip."""
-    try:
-        from nnsight_graph.models import tiny_gpt2_path
-    except ImportError:
-        tiny_gpt2_path = None
-    if tiny_gpt2_path is not None and (Path(tiny_gpt2_path()) / "model.safetensors").is_file():
-        return tiny_gpt2_path()
-    if (FALLBACK / "model.safetensors").is_file():
-        return str(FALLBACK)
-    pytest.skip("the tiny GPT-2 is not available (neither shipped nor at /tmp/tg_full)")
+    """The tiny GPT-2 that ships with the package."""
+    from nnsight_graph.models import tiny_gpt2_path
+
+    return tiny_gpt2_path()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ section 5 from "Generation with .generate()" on, `tracer.iter[...]` in all its f
 `tracer.all()`, `tracer.next()`, steps that never happen, each compared with plain
 `transformers` generation (with plain torch hooks where the cell edits)."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,20 +14,13 @@ transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-4
 PROMPT = "The Eiffel Tower is in"
-FALLBACK = Path("/tmp/tg_full")
 
 
 def tiny_gpt2_dir() -> str:
-    """The shipped tiny GPT-2 when it is built, else the working copy, else skip."""
-    try:
-        from nnsight_graph.models import tiny_gpt2_path
-    except ImportError:
-        tiny_gpt2_path = None
-    if tiny_gpt2_path is not None and (Path(tiny_gpt2_path()) / "model.safetensors").is_file():
-        return tiny_gpt2_path()
-    if (FALLBACK / "model.safetensors").is_file():
-        return str(FALLBACK)
-    pytest.skip("the tiny GPT-2 is not available (neither shipped nor at /tmp/tg_full)")
+    """The tiny GPT-2 that ships with the package."""
+    from nnsight_graph.models import tiny_gpt2_path
+
+    return tiny_gpt2_path()
 
 
 @pytest.fixture(scope="module")

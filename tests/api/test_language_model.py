@@ -2,7 +2,6 @@
 config, every kind of input, left-padded batching of prompts, and the walkthrough's section 5
 "Loading a Language Model" cells, each compared with a plain transformers run."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,20 +16,13 @@ EIFFEL = "The Eiffel Tower is in the city of"
 VATICAN = "Vatican is in the city of"
 BUCKINGHAM = "Buckingham Palace is in the city of"
 SHORT, LONG = VATICAN, EIFFEL
-FALLBACK = Path("/tmp/tg_full")
 
 
 def tiny_gpt2_dir() -> str:
-    """The shipped tiny GPT-2 when it is built, else the working copy, else skip."""
-    try:
-        from nnsight_graph.models import tiny_gpt2_path
-    except ImportError:
-        tiny_gpt2_path = None
-    if tiny_gpt2_path is not None and (Path(tiny_gpt2_path()) / "model.safetensors").is_file():
-        return tiny_gpt2_path()
-    if (FALLBACK / "model.safetensors").is_file():
-        return str(FALLBACK)
-    pytest.skip("the tiny GPT-2 is not available (neither shipped nor at /tmp/tg_full)")
+    """The tiny GPT-2 that ships with the package."""
+    from nnsight_graph.models import tiny_gpt2_path
+
+    return tiny_gpt2_path()
 
 
 @pytest.fixture(scope="module")
