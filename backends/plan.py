@@ -1,0 +1,134 @@
+"""The plan of a graph for the local executor: hook sites, each invoke's nodes, value use
+counts; and the cursors and site values a run moves through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ir import HOOKED, Const, Graph, Node, Op, Ref
+
+INPUT = "input"
+OUTPUT = "output"
+RESULT = "result"
+GRAD = "grad"
+Site = tuple[str, str]  # (module path, hook kind): ("layer1", "output"), ("", "result")
+
+
+def parse_target(target: str) -> tuple[Site, str]:
+    """Split "h.0.inputs" into its site ("h.0", "input") and what it projects ("inputs")."""
+    if target == RESULT:
+        return ("", RESULT), RESULT
+    path, _, kind = target.rpartition(".")
+    return (path, INPUT if kind in ("input", "inputs", "skip") else OUTPUT), kind
+
+
+@dataclass
+class Plan:
+    """What a graph needs from the model: its hook sites and, per invoke, its nodes.
+
+    A plan depends on the graph's structure only, not on its constants, so it can be reused
+    by every trace that records the same graph.
+    """
+
+    graph: Graph
+    sites: dict[int, tuple[Site, str]] = field(default_factory=dict)
+    modules: dict[str, set[str]] = field(default_factory=dict)
+    invoke_nodes: list[list[Node]] = field(default_factory=list)
+    tail_nodes: list[Node] = field(default_factory=list)
+    uses: dict[int, int] = field(default_factory=dict)
+    inputs: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    flat: set[int] = field(default_factory=set)
+    reads_result: bool = False
+    grads: dict[int, dict[int, Site]] = field(default_factory=dict)  # backward -> tensor -> site
+    skips: set[str] = field(default_factory=set)  # modules whose forward may be skipped
+    sources: set[str] = field(default_factory=set)  # modules whose call sites are read
+    expanded: set[str] = field(default_factory=set)  # call sites whose callee is traced too
+    caches: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    cached: dict[Site, list[int]] = field(default_factory=dict)  # site -> CACHE nodes
+
+    @classmethod
+    def build(cls, graph: Graph) -> Plan:
+        """Group the nodes by invoke, find the hook sites and count each value's uses."""
+        plan = cls(graph, invoke_nodes=[[] for _ in graph.invokes])
+        for node in graph.nodes:
+            if node.op in HOOKED and node.target == GRAD:
+                tensor, backward = node.args[0].id, node.args[1].id
+                site = (f"{tensor}/{backward}", GRAD)
+                plan.sites[node.id] = (site, GRAD)
+                plan.grads.setdefault(backward, {})[tensor] = site
+            elif node.op in HOOKED:
+                site, kind = parse_target(node.target)
+                plan.sites[node.id] = (site, kind)
+                if site[1] == RESULT:
+                    plan.reads_result = True
+                elif ".source." in site[0]:
+                    parts = site[0].split(".source.")
+                    plan.sources.add(parts[0])
+                    for depth in range(2, len(parts)):
+                        plan.expanded.add(".source.".join(parts[:depth]))
+                else:
+                    plan.modules.setdefault(site[0], set()).add(site[1])
+                if kind == "skip":
+                    plan.skips.add(site[0])
+            elif node.op is Op.CACHE:
+                paths, kinds = tuple(node.kwargs["paths"]), tuple(node.kwargs["kinds"])
+                plan.caches[node.id] = (paths, kinds)
+                for path in paths:
+                    for kind in kinds:
+                        plan.modules.setdefault(path, set()).add(kind)
+                        plan.cached.setdefault((path, kind), []).append(node.id)
+            ids = tuple(ref.id for ref in node.inputs())
+            plan.inputs[node.id] = ids
+            for id in ids:
+                plan.uses[id] = plan.uses.get(id, 0) + 1
+            if not node.kwargs and all(type(a) in _FLAT for a in node.args):
+                plan.flat.add(node.id)
+            if node.invoke < 0:
+                plan.tail_nodes.append(node)
+            else:
+                plan.invoke_nodes[node.invoke].append(node)
+        return plan
+
+
+_FLAT = frozenset({Ref, Const, int, float, bool, str, type(None)})
+_CONTROL = frozenset({Op.STOP, Op.BARRIER, Op.BACKWARD})
+
+
+class SiteValue:
+    """The value at one hook firing, shared by the invokes that take their turns on it."""
+
+    __slots__ = ("full", "kind")
+
+    def __init__(self, full: Any, kind: str) -> None:
+        self.full = full
+        self.kind = kind
+
+
+class Cursor:
+    """One invoke's position in its nodes, and the batch rows it owns."""
+
+    __slots__ = (
+        "index",
+        "nodes",
+        "start",
+        "stop",
+        "position",
+        "last_hooked",
+        "waiting_for",
+        "fence",
+    )
+
+    def __init__(self, index: int, nodes: list[Node], start: int, stop: int | None) -> None:
+        self.index = index
+        self.nodes = nodes
+        self.fence = len(nodes)  # during a backward pass: where its gradient work ends
+        self.start = start
+        self.stop = stop
+        self.position = 0
+        self.last_hooked: Node | None = None
+        self.waiting_for: Ref | None = None  # a value from another invoke, not there yet
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.nodes)
