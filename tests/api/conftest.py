@@ -91,3 +91,35 @@ def count_calls() -> Callable[[torch.nn.Module], CallCounter]:
     yield make
     for counter in counters:
         counter.remove()
+
+
+# the shipped tiny GPT-2 ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def path() -> str:
+    """The tiny GPT-2 that ships with the package."""
+    from nnsight_graph.models import tiny_gpt2_path
+
+    return tiny_gpt2_path()
+
+
+@pytest.fixture(scope="module")
+def llm(path: str) -> nnsight.LanguageModel:
+    """The shipped GPT-2, loaded once per test module."""
+    return nnsight.LanguageModel(path, dispatch=True)
+
+
+@pytest.fixture(scope="module")
+def hf(path: str) -> torch.nn.Module:
+    """The same weights as a plain transformers model, never wrapped."""
+    import transformers
+
+    return transformers.GPT2LMHeadModel.from_pretrained(path).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(path: str) -> object:
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(path)

@@ -3,7 +3,6 @@ as `LanguageModel(model, tokenizer=...)` (with the tiny GPT-2's tokenizer) and a
 `NNsight(model)`. Reads, edits, left-padded batching and generation steps are compared with
 plain torch hooks and plain `transformers` runs on the same model."""
 
-
 import pytest
 import torch
 
@@ -17,16 +16,9 @@ SHORT, LONG = "Vatican is in the city of", "The Eiffel Tower is in the city of"
 ARCHS = ["llama", "neox"]
 
 
-def tiny_gpt2_dir() -> str:
-    """The tiny GPT-2 that ships with the package."""
-    from nnsight_graph.models import tiny_gpt2_path
-
-    return tiny_gpt2_path()
-
-
 @pytest.fixture(scope="module")
-def tokenizer():
-    return transformers.AutoTokenizer.from_pretrained(tiny_gpt2_dir())
+def tokenizer(path):
+    return transformers.AutoTokenizer.from_pretrained(path)
 
 
 def build(arch: str, vocab_size: int) -> torch.nn.Module:
@@ -61,9 +53,8 @@ def models(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def wrapped(models):
+def wrapped(models, path):
     """arch -> LanguageModel around the plain model, each with its own tokenizer instance."""
-    path = tiny_gpt2_dir()
     return {
         arch: LanguageModel(model, tokenizer=transformers.AutoTokenizer.from_pretrained(path))
         for arch, model in models.items()

@@ -1,15 +1,6 @@
 """Model editing (walkthrough section 8): edited copies, in-place edits, clearing."""
 
-import pytest
 import torch
-
-from nnsight_graph import LanguageModel
-from nnsight_graph.models import tiny_gpt2_path
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return LanguageModel(tiny_gpt2_path(), dispatch=True)
 
 
 def _predict(llm, model, prompt):

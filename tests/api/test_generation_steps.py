@@ -3,7 +3,6 @@ section 5 from "Generation with .generate()" on, `tracer.iter[...]` in all its f
 `tracer.all()`, `tracer.next()`, steps that never happen, each compared with plain
 `transformers` generation (with plain torch hooks where the cell edits)."""
 
-
 import pytest
 import torch
 
@@ -14,34 +13,6 @@ transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-4
 PROMPT = "The Eiffel Tower is in"
-
-
-def tiny_gpt2_dir() -> str:
-    """The tiny GPT-2 that ships with the package."""
-    from nnsight_graph.models import tiny_gpt2_path
-
-    return tiny_gpt2_path()
-
-
-@pytest.fixture(scope="module")
-def path() -> str:
-    return tiny_gpt2_dir()
-
-
-@pytest.fixture(scope="module")
-def llm(path):
-    return LanguageModel(path, dispatch=True)
-
-
-@pytest.fixture(scope="module")
-def hf(path):
-    """The same weights as a plain transformers model, never wrapped."""
-    return transformers.GPT2LMHeadModel.from_pretrained(path).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(path):
-    return transformers.AutoTokenizer.from_pretrained(path)
 
 
 class Plain:

@@ -4,15 +4,8 @@ import pytest
 import torch
 
 import nnsight_graph as nnsight
-from nnsight_graph import LanguageModel
-from nnsight_graph.models import tiny_gpt2_path
 
 PROMPT = "The Eiffel Tower is in the city of"
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return LanguageModel(tiny_gpt2_path(), dispatch=True)
 
 
 def _plain_grads(llm, prompt, layers, edit=None):

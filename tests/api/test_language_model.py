@@ -2,7 +2,6 @@
 config, every kind of input, left-padded batching of prompts, and the walkthrough's section 5
 "Loading a Language Model" cells, each compared with a plain transformers run."""
 
-
 import pytest
 import torch
 
@@ -16,34 +15,6 @@ EIFFEL = "The Eiffel Tower is in the city of"
 VATICAN = "Vatican is in the city of"
 BUCKINGHAM = "Buckingham Palace is in the city of"
 SHORT, LONG = VATICAN, EIFFEL
-
-
-def tiny_gpt2_dir() -> str:
-    """The tiny GPT-2 that ships with the package."""
-    from nnsight_graph.models import tiny_gpt2_path
-
-    return tiny_gpt2_path()
-
-
-@pytest.fixture(scope="module")
-def path() -> str:
-    return tiny_gpt2_dir()
-
-
-@pytest.fixture(scope="module")
-def llm(path):
-    return LanguageModel(path, dispatch=True)
-
-
-@pytest.fixture(scope="module")
-def hf(path):
-    """The same weights as a plain transformers model, never wrapped."""
-    return transformers.GPT2LMHeadModel.from_pretrained(path).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(path):
-    return transformers.AutoTokenizer.from_pretrained(path)
 
 
 def ids_of(tokenizer, prompt: str) -> list[int]:

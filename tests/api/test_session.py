@@ -4,13 +4,6 @@ import pytest
 import torch
 
 import nnsight_graph as nnsight
-from nnsight_graph import LanguageModel
-from nnsight_graph.models import tiny_gpt2_path
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return LanguageModel(tiny_gpt2_path(), dispatch=True)
 
 
 def test_a_later_trace_uses_an_unsaved_value_of_an_earlier_one(llm):

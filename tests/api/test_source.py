@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import nnsight_graph as nnsight
-from nnsight_graph import LanguageModel, NNsight
-from nnsight_graph.models import tiny_gpt2_path
+from nnsight_graph import NNsight
 
 
 class Block(torch.nn.Module):
@@ -18,11 +17,6 @@ class Block(torch.nn.Module):
         if x.sum() < -1000:  # never taken in these tests
             hidden = super().forward(x)
         return hidden * 2
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return LanguageModel(tiny_gpt2_path(), dispatch=True)
 
 
 def test_print_source_names_every_call_site(llm):
