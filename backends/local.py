@@ -59,7 +59,9 @@ class Run(GradientSteps):
         self.skip_values: dict[str, list[Any]] = {}
         self.arrived: dict[str, set[int]] = {}
         self.released = False  # a barrier opened during this hook: give waiting invokes a turn
-        self.cache: dict[int, dict[Site, list[Any]]] = {id: {} for id in plan.caches}
+        self.cache: dict[int, dict[Site, list[Any]]] = (
+            {id: {} for id in plan.caches} if plan.caches else {}
+        )
         self.cursors = [
             Cursor(index, nodes, invoke.start, invoke.stop)
             for index, (nodes, invoke) in enumerate(

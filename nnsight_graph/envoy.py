@@ -106,7 +106,11 @@ class Envoy:
         return recorder
 
     def _site(self, what: str) -> str:
-        return f"{self._path}.{what}" if self._path else what
+        sites: dict[str, str] = self.__dict__.setdefault("_sites", {})
+        site = sites.get(what)
+        if site is None:
+            site = sites[what] = f"{self._path}.{what}" if self._path else what
+        return site
 
     def _read(self, what: str) -> Proxy:
         recorder = _ACTIVE[-1] if _ACTIVE else None

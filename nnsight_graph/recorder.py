@@ -188,8 +188,8 @@ class Recorder:
                 "opening the next, and pass inputs either to trace() or to invoke(), not both"
             )
         index = len(self.invokes)
-        encoded_args = tuple(self.encode(a) for a in args)
-        encoded_kwargs = {k: self.encode(v) for k, v in kwargs.items()}
+        encoded_args = tuple([self.encode(a) for a in args])
+        encoded_kwargs = {k: self.encode(v) for k, v in kwargs.items()} if kwargs else {}
         if rows is None:
             invoke = Invoke(index, encoded_args, encoded_kwargs, 0, None)
         else:

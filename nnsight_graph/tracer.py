@@ -251,7 +251,8 @@ class Tracer:
                 _keep_outer_containers(captured, local_vars, global_vars, recorder)
             graph = recorder.finish()
             graph.method = self.method
-            graph.options = {k: recorder.encode(v) for k, v in self.call_kwargs.items()}
+            if self.call_kwargs:
+                graph.options = {k: recorder.encode(v) for k, v in self.call_kwargs.items()}
         finally:
             self._recorder = None
         self.graph = graph
