@@ -37,7 +37,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,9 +48,8 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from common import REPO_ROOT, fmt2, import_library, ratio, run_nnsight_subprocess, versions
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VENV = "/opt/nnsight-venv"
 PROMPT = "The Eiffel Tower is in"
 NEW_TOKENS = 32
 ITERS = 20  # timed generations per column; --quick: QUICK_ITERS
@@ -299,46 +297,12 @@ def run_case(case: Case, lib: ModuleType | None, import_error: str | None) -> Ca
 # --------------------------------------------------------------------------- libraries
 
 
-def import_library(name: str) -> tuple[ModuleType | None, str | None]:
-    """Import the traced library; for nnsight_graph fall back to the repo checkout."""
-    try:
-        return __import__(name), None
-    except ModuleNotFoundError as exc:
-        if name != "nnsight_graph" or exc.name != name:
-            return None, f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - a half-written package may raise anything
-        return None, f"{type(exc).__name__}: {exc}"
-    sys.path.append(str(REPO_ROOT))
-    try:
-        lib = __import__(name)
-    except Exception as exc:  # noqa: BLE001
-        return None, f"{type(exc).__name__}: {exc}"
-    if not hasattr(lib, "LanguageModel"):
-        where = ", ".join(getattr(lib, "__path__", [])) or "?"
-        return None, f"package at {where} has no LanguageModel"
-    return lib, None
-
-
-def versions(lib: ModuleType | None) -> dict[str, str]:
-    """Versions of python, torch, transformers and the traced library."""
-    found = {"python": sys.version.split()[0], "torch": torch.__version__}
-    try:
-        import transformers
-
-        found["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    if lib is not None:
-        found[lib.__name__] = str(getattr(lib, "__version__", "unknown"))
-    return found
-
-
 def run_library(name: str, paths: dict[str, str], quick: bool) -> RunResult:
     """Measure every case with ``name`` as the traced library, in this process."""
     global nnsight
     torch.set_num_threads(1)
     quiet_transformers()
-    lib, import_error = import_library(name)
+    lib, import_error = import_library(name, "LanguageModel")
     nnsight = lib
     if import_error is not None:
         import_error = f"{name} not importable: {import_error}"
@@ -349,30 +313,6 @@ def run_library(name: str, paths: dict[str, str], quick: bool) -> RunResult:
     return result
 
 
-def run_nnsight_subprocess(
-    paths: dict[str, str], quick: bool
-) -> tuple[dict[str, Any] | None, str | None]:
-    """Run this script with ``--library nnsight`` in the nnsight venv; (results, note)."""
-    venv = Path(os.environ.get("NNSIGHT_VENV", DEFAULT_VENV))
-    python = venv / "bin" / "python"
-    if not python.exists():
-        return None, f"nnsight column skipped: no venv python at {python} (set NNSIGHT_VENV)"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "nnsight.json"
-        cmd = [str(python), __file__, "--library", "nnsight", "--json", str(out), "--quiet"]
-        cmd += ["--tiny-dir", paths["tiny-gpt2"], "--gpt2-dir", paths["gpt2-12x64"]]
-        cmd += ["--quick"] if quick else []
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # keep the venv's own
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-        if proc.returncode != 0 or not out.exists():
-            tail = proc.stderr.strip().splitlines()[-3:]
-            return None, f"nnsight column skipped: subprocess failed: {' | '.join(tail)}"
-        data: dict[str, Any] = json.loads(out.read_text())
-    if data.get("import_error"):
-        return None, f"nnsight column skipped: {data['import_error']}"
-    return data, None
-
-
 # --------------------------------------------------------------------------- reporting
 
 
@@ -381,18 +321,6 @@ def fmt(value: float | None, error: str | None = None) -> str:
     if value is None:
         return "ERROR (below)" if error else "n/a"
     return f"{value:,.2f}"
-
-
-def fmt2(value: float | None) -> str:
-    """Format a ratio."""
-    return "n/a" if value is None else f"{value:.3f}x"
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    """num / den, or None when either is missing or den is not positive."""
-    if num is None or den is None or den <= 0:
-        return None
-    return num / den
 
 
 def per_step_us(res: dict[str, Any] | None) -> float | None:
@@ -534,7 +462,11 @@ def main(argv: list[str] | None = None) -> int:
             if not args.quiet:
                 print_single(ours)
         else:
-            ref, note = run_nnsight_subprocess(paths, args.quick)
+            ref, note = run_nnsight_subprocess(
+                __file__,
+                ["--tiny-dir", paths["tiny-gpt2"], "--gpt2-dir", paths["gpt2-12x64"]],
+                args.quick,
+            )
             doc = report(ours, ref, note, tiny)
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
