@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .ir import UnsavedValueError
+from .ir.functions import SKIPPED, UNSET
 from .proxy import Proxy
 from .recorder import active
 
@@ -93,39 +94,47 @@ for _dunder in (
 Unsaved.__hash__ = object.__hash__  # type: ignore[method-assign]
 
 
-def resolve(
-    name: str,
-    value: Any,
-    saved: dict[int, Any],
-    optional: frozenset[int] = frozenset(),
-    depth: int = 0,
-) -> Any:
-    """The object to bind for `value` after the run: saved values replace their Proxies.
+def resolve(name: str, value: Any, depth: int = 0) -> Any:
+    """The object to bind for `value` after its trace ran: saved values replace Proxies.
 
-    In lists, Proxies of steps that never happened (`optional` nodes with no saved value, as
-    when generation ended early) are dropped rather than left as placeholders.
+    Each Proxy is looked up in its own trace's results (inside a session, traces differ). In
+    lists, Proxies of steps that never happened (optional nodes with no saved value, as when
+    generation ended early) are dropped rather than left as placeholders.
     """
     if isinstance(value, Proxy):
         node = value._nn_id
-        results = value._nn_recorder.results  # its own trace's, also inside a session
-        if results is None:
-            results = saved
+        results = value._nn_recorder.results or {}
         if node is not None and node in results:
             return results[node]
         return Unsaved(name, value)
     if depth > 50:
         return value
     if isinstance(value, list):
-        value[:] = [
-            resolve(name, v, saved, optional, depth + 1)
-            for v in value
-            if not (isinstance(v, Proxy) and v._nn_id in optional and v._nn_id not in saved)
-        ]
+        value[:] = [resolve(name, v, depth + 1) for v in value if not _never_happened(v)]
         return value
     if type(value) is tuple:
-        return tuple(resolve(name, v, saved, optional, depth + 1) for v in value)
+        return tuple(resolve(name, v, depth + 1) for v in value)
     if type(value) is dict:
         for key in list(value):
-            value[key] = resolve(name, value[key], saved, optional, depth + 1)
+            value[key] = resolve(name, value[key], depth + 1)
         return value
     return value
+
+
+def _never_happened(value: Any) -> bool:
+    if not isinstance(value, Proxy):
+        return False
+    recorder, node = value._nn_recorder, value._nn_id
+    return node in recorder.optional and node not in (recorder.results or {})
+
+
+def bound_values(names: tuple[str, ...], variables: dict[str, Any]) -> dict[str, Any]:
+    """What to write back for the body's assigned `names`: resolved values, leaving out names
+    set only on a path that did not run (an untaken `if proxy:` branch)."""
+    values = {}
+    for name in names:
+        if name in variables:
+            value = resolve(name, variables[name])
+            if value is not SKIPPED and value is not UNSET:
+                values[name] = value
+    return values

@@ -11,7 +11,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import capture, frames, saving
-from .ir import Const, GraphBuildError
+from .ir import GraphBuildError
 from .recorder import _ACTIVE, SessionValue
 
 if TYPE_CHECKING:
@@ -74,11 +74,7 @@ class Session:
             _SESSIONS.pop()
         for tracer in self.traces:
             tracer._run_in_session()
-        values = {
-            name: saving.resolve(name, variables[name], {})
-            for name in captured.stored
-            if name in variables
-        }
+        values = saving.bound_values(captured.stored, variables)
         if captured.target is not None:
             values.setdefault(captured.target, self)
         frames.bind(frame, values, local_vars)
@@ -89,4 +85,4 @@ def resolve_session_values(constants: list[Any]) -> list[Any]:
     return [c.value() if isinstance(c, SessionValue) else c for c in constants]
 
 
-__all__ = ["Const", "Session", "current", "resolve_session_values"]
+__all__ = ["Session", "current", "resolve_session_values"]

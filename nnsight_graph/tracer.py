@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from . import capture, conditions, frames, saving, session
 from .extras import Barrier, Cache
 from .ir import Graph, GraphBuildError, NNsightError, Op
-from .ir.functions import SKIPPED, UNSET
 from .proxy import Proxy
 from .recorder import _ACTIVE, Recorder, active, recording
 from .steps import IterIndexer, StepRange, is_steps
@@ -189,12 +188,7 @@ class Tracer:
         if exc_type is not None:
             return False
         recorder.close_invoke()
-        for barrier in recorder.barriers:
-            barrier.check()
-        graph = recorder.finish()
-        graph.method = self.method
-        graph.options = {k: recorder.encode(v) for k, v in self.call_kwargs.items()}
-        self.graph = graph
+        self.graph = self._finish_recording(recorder)
         assert self._session is not None
         self._session.traces.append(self)
         return False
@@ -209,13 +203,19 @@ class Tracer:
         if self.method == "edit":
             raise GraphBuildError("model.edit() cannot be used inside a session")
         saved = self.model._execute(graph, recorder.total_rows) if graph.invokes else {}
-        recorder.results = saved
-        for node, cache in recorder.caches:
-            cache._fill(saved.get(node, {}))
-        for container in recorder.saved_containers:
-            saving.resolve("a saved container", container, saved, graph.optional)
+        _deliver(recorder, saved)
 
     # recording and running ----------------------------------------------------------------
+
+    def _finish_recording(self, recorder: Recorder) -> Graph:
+        """The recorded graph, after the record-time checks, with this call's method."""
+        for barrier in recorder.barriers:
+            barrier.check()
+        graph = recorder.finish()
+        graph.method = self.method
+        if self.call_kwargs:
+            graph.options = {k: recorder.encode(v) for k, v in self.call_kwargs.items()}
+        return graph
 
     def _require_recorder(self, what: str) -> Recorder:
         recorder = self._recorder
@@ -244,15 +244,10 @@ class Tracer:
                     )
                 variables = body(namespace)
                 recorder.close_invoke()
-                for barrier in recorder.barriers:
-                    barrier.check()
                 if self.method == "scan":
                     _save_everything(captured, variables, recorder)
                 _keep_outer_containers(captured, local_vars, global_vars, recorder)
-            graph = recorder.finish()
-            graph.method = self.method
-            if self.call_kwargs:
-                graph.options = {k: recorder.encode(v) for k, v in self.call_kwargs.items()}
+            graph = self._finish_recording(recorder)
         finally:
             self._recorder = None
         self.graph = graph
@@ -268,22 +263,21 @@ class Tracer:
             saved = self.model._execute(graph, recorder.total_rows, key)
         else:
             saved = {}
-        recorder.results = saved
-        values = {
-            name: saving.resolve(name, variables[name], saved, graph.optional)
-            for name in captured.stored
-            if name in variables
-        }
-        for node, cache in recorder.caches:
-            cache._fill(saved.get(node, {}))
-        for name in [n for n, v in values.items() if v is SKIPPED or v is UNSET]:
-            del values[name]  # set only on a path that did not run: not bound
-        for container in recorder.saved_containers:
-            saving.resolve("a saved container", container, saved, graph.optional)
-        _resolve_attributes(captured, variables, global_vars, saved)
+        _deliver(recorder, saved)
+        values = saving.bound_values(captured.stored, variables)
+        _resolve_attributes(captured, variables, global_vars)
         if captured.target is not None:
             values.setdefault(captured.target, result)
         frames.bind(frame, values, local_vars)
+
+
+def _deliver(recorder: Recorder, saved: dict[int, Any]) -> None:
+    """Hand a trace's saved values to its recorder, its caches and its saved containers."""
+    recorder.results = saved
+    for node, cache in recorder.caches:
+        cache._fill(saved.get(node, {}))
+    for container in recorder.saved_containers:
+        saving.resolve("a saved container", container)
 
 
 def _save_everything(
@@ -299,17 +293,14 @@ def _save_everything(
 
 
 def _resolve_attributes(
-    captured: capture.CapturedBody,
-    variables: dict[str, Any],
-    global_vars: dict[str, Any],
-    saved: dict[int, Any],
+    captured: capture.CapturedBody, variables: dict[str, Any], global_vars: dict[str, Any]
 ) -> None:
     """Replace Proxies the body stored as attributes (`self.out = ...`) by their values."""
     for name, attribute in captured.attribute_stores:
         owner = variables[name] if name in variables else global_vars.get(name)
         value = getattr(owner, attribute, None)
         if isinstance(value, Proxy):
-            setattr(owner, attribute, saving.resolve(f"{name}.{attribute}", value, saved))
+            setattr(owner, attribute, saving.resolve(f"{name}.{attribute}", value))
 
 
 def _keep_outer_containers(

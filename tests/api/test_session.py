@@ -56,3 +56,14 @@ def test_session_matches_separate_runs(llm):
     with llm.trace("Hello"):
         b = llm.lm_head.output.save()
     assert torch.allclose(a, b)
+
+
+def test_a_name_set_only_on_an_untaken_branch_is_not_bound_in_a_session(llm):
+    with llm.session():
+        with llm.trace("Hello"):
+            hidden = llm.transformer.h[0].output
+            if hidden.norm() > 1e9:
+                only_then = hidden.save()
+            kept = llm.lm_head.output.save()
+    assert "only_then" not in locals()
+    assert kept.shape[0] == 1
