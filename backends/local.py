@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from ..ir import HOOKED, Const, Graph, Node, Op, Ref, mutates
+from ..ir import HOOKED, Const, Graph, Node, Op, Ref, mutates, ref
 from ..ir.errors import (
     ExecutionError,
     ModuleNotCalledError,
-    OutOfOrderError,
     StepsSkippedWarning,
 )
-from ..ir.functions import SKIPPED, resolve
+from ..ir.functions import SKIPPED
+from .apply import apply
 from .batching import merge, narrow
 from .control import StopRun, skipped_modules
 from .gradients import GradientSteps, gradient_work_end
@@ -37,7 +37,17 @@ from .plan import (
     SiteValue,
 )
 from .source import traced_sources
-from .values import Missing, describe, inject, project, with_location
+from .straight import execute_straight
+from .values import (
+    Missing,
+    arg_value,
+    describe,
+    inject,
+    not_called,
+    out_of_order,
+    project,
+    with_location,
+)
 
 
 class Run(GradientSteps):
@@ -188,23 +198,7 @@ class Run(GradientSteps):
         """Raise OutOfOrderError when the site this node waits for has already fired."""
         if self.fired.get(site, 0) <= node.step:
             return
-        previous = cursor.last_hooked
-        if node.target == GRAD:
-            raise OutOfOrderError(
-                f"the .grad requested at {node.loc} was already computed and passed on: "
-                "gradients arrive in reverse order of the forward pass, so read the .grad of "
-                "later values first (for example layer 5 before layer 0)"
-            )
-        after = (
-            f" after reading {describe(previous.target)} at {previous.loc}"
-            if previous is not None
-            else ""
-        )
-        raise OutOfOrderError(
-            f"{describe(node.target)} was requested at {node.loc}{after}, but that module had "
-            "already run in this forward pass. Access modules in the order the model calls "
-            "them (for example layer 0 before layer 5), or use a separate invoke."
-        )
+        raise out_of_order(node, cursor.last_hooked)
 
     def finish(self) -> None:
         """After the model returned: run what is left, and fail on nodes still waiting.
@@ -250,11 +244,7 @@ class Run(GradientSteps):
                 if waiting is None and node.id not in self.graph.optional:
                     site, _ = self.plan.sites[node.id]
                     count = self.fired.get(site, 0)
-                    raise ModuleNotCalledError(
-                        f"{describe(node.target)} requested at {node.loc} was never reached: "
-                        f"the module ran {count} time(s) in this run and step {node.step} was "
-                        "asked for. Check the module path, the inputs, and any early stop."
-                    )
+                    raise not_called(node, count)
                 self.skip(cursor, node)
         for id, values in self.cache.items():
             self.saved[id] = values
@@ -332,36 +322,18 @@ class Run(GradientSteps):
             args = self.value(node.args)
             kwargs = self.value(node.kwargs) if node.kwargs else {}
         try:
-            match node.op:
-                case Op.CALL:
-                    result = resolve(node.target)(*args, **kwargs)
-                case Op.METHOD if node.target == "__call__" and isinstance(
-                    args[0], torch.nn.Module
-                ):
-                    self.muted += 1  # a module called by the intervention is not a step
-                    try:
-                        result = args[0](*args[1:], **kwargs)
-                    finally:
-                        self.muted -= 1
-                case Op.METHOD:
-                    result = getattr(args[0], node.target)(*args[1:], **kwargs)
-                case Op.GETATTR:
-                    result = getattr(args[0], node.target)
-                case Op.GETITEM:
-                    result = args[0][args[1]]
-                case Op.SETITEM:
-                    args[0][args[1]] = args[2]
-                    result = None
-                case Op.SAVE:
-                    self.saved[node.args[0].id] = args[0]
-                    result = None
-                case Op.LOG:
-                    print(*args, **kwargs)
-                    result = None
-                case Op.CACHE:
-                    result = None  # values are captured at the hooks (see fire)
-                case _:
-                    raise ExecutionError(f"the local executor cannot run {node}")
+            if (
+                node.op is Op.METHOD
+                and node.target == "__call__"
+                and isinstance(args[0], torch.nn.Module)
+            ):
+                self.muted += 1  # a module called by the intervention is not a step
+                try:
+                    result = args[0](*args[1:], **kwargs)
+                finally:
+                    self.muted -= 1
+            else:
+                result = apply(node, args, kwargs, self.saved)
         except Exception as error:
             with_location(error, node, self.debug)
             raise
@@ -382,23 +354,11 @@ class Run(GradientSteps):
                 self.env.pop(id, None)
 
     def value(self, arg: Any) -> Any:
-        """The run-time value of an argument: Refs and Consts replaced, containers rebuilt."""
-        if isinstance(arg, Ref):
-            try:
-                return self.env[arg.id]
-            except KeyError:
-                raise Missing(arg) from None
-        if isinstance(arg, Const):
-            return self.constants[arg.index]
-        if isinstance(arg, tuple):
-            return tuple(self.value(a) for a in arg)
-        if isinstance(arg, list):
-            return [self.value(a) for a in arg]
-        if isinstance(arg, dict):
-            return {k: self.value(v) for k, v in arg.items()}
-        if isinstance(arg, slice):
-            return slice(self.value(arg.start), self.value(arg.stop), self.value(arg.step))
-        return arg
+        """The run-time value of an argument; Missing when a Ref's value does not exist yet."""
+        try:
+            return arg_value(arg, self.env, self.constants)
+        except KeyError as error:
+            raise Missing(ref(error.args[0])) from None
 
     def missing(self, ref: Ref) -> ExecutionError:
         source = self.graph.node(ref.id)
@@ -424,6 +384,11 @@ def execute(
     Hooks exist only while this runs, on the modules the plan needs, and are removed even on
     error. The result maps the id of each saved node to its value after the run.
     """
+    straight = plan.straight
+    if straight is not None:
+        invoke = plan.graph.invokes[0]
+        if invoke.start == 0 and (invoke.stop is None or invoke.stop == total_rows):
+            return execute_straight(straight, constants, module_at, call, debug)
     run = Run(plan, constants, total_rows, debug)
     handles = []
     try:

@@ -46,6 +46,7 @@ class Plan:
     expanded: set[str] = field(default_factory=set)  # call sites whose callee is traced too
     caches: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
     cached: dict[Site, list[int]] = field(default_factory=dict)  # site -> CACHE nodes
+    straight: Any = None  # a StraightPlan when the straight-line executor can run this plan
 
     @classmethod
     def build(cls, graph: Graph) -> Plan:
@@ -88,6 +89,9 @@ class Plan:
                 plan.tail_nodes.append(node)
             else:
                 plan.invoke_nodes[node.invoke].append(node)
+        from .straight import StraightPlan  # it builds on this module's plans
+
+        plan.straight = StraightPlan.of(plan)
         return plan
 
 

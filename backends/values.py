@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ir import Node, Ref
-from ..ir.errors import ExecutionError
+from ..ir import Const, Node, Ref
+from ..ir.errors import ExecutionError, ModuleNotCalledError, OutOfOrderError
 from .plan import GRAD, RESULT
 
 
@@ -15,6 +15,30 @@ class Missing(Exception):
 
     def __init__(self, ref: Ref) -> None:
         self.ref = ref
+
+
+def arg_value(arg: Any, env: dict[int, Any], constants: list[Any]) -> Any:
+    """The run-time value of an argument: Refs and Consts replaced, containers rebuilt.
+
+    A Ref whose value is not in `env` raises KeyError with its id.
+    """
+    if isinstance(arg, Ref):
+        return env[arg.id]
+    if isinstance(arg, Const):
+        return constants[arg.index]
+    if isinstance(arg, tuple):
+        return tuple(arg_value(a, env, constants) for a in arg)
+    if isinstance(arg, list):
+        return [arg_value(a, env, constants) for a in arg]
+    if isinstance(arg, dict):
+        return {k: arg_value(v, env, constants) for k, v in arg.items()}
+    if isinstance(arg, slice):
+        return slice(
+            arg_value(arg.start, env, constants),
+            arg_value(arg.stop, env, constants),
+            arg_value(arg.step, env, constants),
+        )
+    return arg
 
 
 def project(full: Any, kind: str) -> Any:
@@ -63,3 +87,32 @@ def with_location(error: Exception, node: Node, debug: bool) -> Exception:
         error.add_note(f"  at {node.loc}")
     error._nnsight_located = True  # type: ignore[attr-defined]
     return error
+
+
+def out_of_order(node: Node, previous: Node | None) -> OutOfOrderError:
+    """The error for a module access whose module already ran (`previous`: the last one read)."""
+    if node.target == GRAD:
+        return OutOfOrderError(
+            f"the .grad requested at {node.loc} was already computed and passed on: "
+            "gradients arrive in reverse order of the forward pass, so read the .grad of "
+            "later values first (for example layer 5 before layer 0)"
+        )
+    after = (
+        f" after reading {describe(previous.target)} at {previous.loc}"
+        if previous is not None
+        else ""
+    )
+    return OutOfOrderError(
+        f"{describe(node.target)} was requested at {node.loc}{after}, but that module had "
+        "already run in this forward pass. Access modules in the order the model calls "
+        "them (for example layer 0 before layer 5), or use a separate invoke."
+    )
+
+
+def not_called(node: Node, count: int) -> ModuleNotCalledError:
+    """The error for a module access whose step never came (the module ran `count` times)."""
+    return ModuleNotCalledError(
+        f"{describe(node.target)} requested at {node.loc} was never reached: "
+        f"the module ran {count} time(s) in this run and step {node.step} was "
+        "asked for. Check the module path, the inputs, and any early stop."
+    )

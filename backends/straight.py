@@ -1,0 +1,231 @@
+"""The straight-line executor: one invoke over the whole batch, no control flow.
+
+Most traces are one input whose body reads, edits and saves modules' values at their first
+call. Their nodes run in program order: no invokes taking turns at a hook, no values from
+other invokes to wait for, no guards, steps, gradients or stops. For such a plan this
+executor knows in advance which nodes run before the model, which run at each module access
+(the access and the nodes after it, up to the next access) and which run after the model; and
+which values each node is the last to use, so they are freed there.
+
+`local.execute` uses it whenever the plan is straight; every other plan goes to the general
+executor in `local.py`, which gives the same results (tests run traces through both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..ir import Const, Node, Op, Ref
+from .apply import apply
+from .plan import _CONTROL, GRAD, INPUT, OUTPUT, Site
+from .values import arg_value, inject, not_called, out_of_order, project, with_location
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+
+@dataclass(frozen=True)
+class Access:
+    """A module access (a READ or WRITE node) and the nodes that run right after it."""
+
+    site: Site
+    kind: str
+    node: Node
+    then: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class StraightPlan:
+    """A straight plan: what runs before the model, at each module access, and after."""
+
+    before: tuple[Node, ...]
+    accesses: tuple[Access, ...]
+    after: tuple[Node, ...]  # nodes recorded outside the invoke: they run once the model returned
+    modules: dict[str, set[str]]  # module path -> hook kinds ("input", "output")
+    frees: dict[int, tuple[int, ...]]  # node id -> the values whose last use it is
+    kept: frozenset[int]  # the nodes whose value a later node uses
+    flat: frozenset[int]  # nodes whose arguments are all Refs, Consts or plain scalars
+
+    @classmethod
+    def of(cls, plan: Plan) -> StraightPlan | None:
+        """The straight form of a plan, or None when the plan needs the general executor."""
+        graph = plan.graph
+        if (
+            len(graph.invokes) != 1
+            or graph.optional
+            or plan.reads_result
+            or plan.grads
+            or plan.skips
+            or plan.sources
+            or plan.caches
+        ):
+            return None
+        invoke_of = {node.id: node.invoke for node in graph.nodes}
+        for node in graph.nodes:
+            if node.guard is not None or node.step != 0 or node.op in _CONTROL:
+                return None
+            if node.target == GRAD or (node.op is Op.METHOD and node.target == "__call__"):
+                return None  # gradients, and modules called by the intervention
+            if node.invoke == 0 and any(invoke_of[i] != 0 for i in plan.inputs[node.id]):
+                return None
+        before: list[Node] = []
+        groups: list[tuple[Node, list[Node]]] = []  # each access and the nodes after it
+        for node in plan.invoke_nodes[0]:
+            if node.op is Op.READ or node.op is Op.WRITE:
+                groups.append((node, []))
+            elif groups:
+                groups[-1][1].append(node)
+            else:
+                before.append(node)
+        accesses = [Access(*plan.sites[node.id], node, tuple(then)) for node, then in groups]
+        order = [*plan.invoke_nodes[0], *plan.tail_nodes]
+        last_use = {id: node.id for node in order for id in plan.inputs[node.id]}
+        frees: dict[int, list[int]] = {}
+        for id, user in last_use.items():
+            frees.setdefault(user, []).append(id)
+        return cls(
+            tuple(before),
+            tuple(accesses),
+            tuple(plan.tail_nodes),
+            plan.modules,
+            {user: tuple(ids) for user, ids in frees.items()},
+            frozenset(plan.uses),
+            frozenset(plan.flat),
+        )
+
+
+def execute_straight(
+    plan: StraightPlan,
+    constants: list[Any],
+    module_at: Callable[[str], torch.nn.Module],
+    call: Callable[[], Any],
+    debug: bool,
+) -> dict[int, Any]:
+    """Run `call()` with a straight plan's interventions; return saved values by node id.
+
+    Hooks exist only while this runs, on the modules the plan reads or writes, and are
+    removed even on error.
+    """
+    run = StraightRun(plan, constants, debug)
+    handles = []
+    try:
+        for path, kinds in plan.modules.items():
+            module = module_at(path)  # looked up each run: submodules can be replaced
+            if INPUT in kinds:
+                handles.append(
+                    module.register_forward_pre_hook(run.pre_hook(path), with_kwargs=True)
+                )
+            if OUTPUT in kinds:
+                handles.append(module.register_forward_hook(run.post_hook(path)))
+        run.run_nodes(plan.before)
+        call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    accesses = plan.accesses
+    if run.next < len(accesses):
+        access = accesses[run.next]
+        raise not_called(access.node, run.fired.get(access.site, 0))
+    run.run_nodes(plan.after)
+    return run.saved
+
+
+class StraightRun:
+    """Run-time state of one straight execution."""
+
+    __slots__ = ("plan", "constants", "debug", "env", "saved", "fired", "next", "last")
+
+    def __init__(self, plan: StraightPlan, constants: list[Any], debug: bool) -> None:
+        self.plan = plan
+        self.constants = constants
+        self.debug = debug
+        self.env: dict[int, Any] = {}
+        self.saved: dict[int, Any] = {}
+        self.fired: dict[Site, int] = {}  # how many times each hook site has fired
+        self.next = 0  # the index of the next module access
+        self.last: Node | None = None  # the last module access that ran
+
+    def pre_hook(self, path: str) -> Callable[..., Any]:
+        site = (path, INPUT)
+
+        def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
+            value = (args, kwargs)
+            new = self.fire(site, value)
+            return None if new is value else new
+
+        return hook
+
+    def post_hook(self, path: str) -> Callable[..., Any]:
+        site = (path, OUTPUT)
+
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            new = self.fire(site, output)
+            return None if new is output else new
+
+        return hook
+
+    def fire(self, site: Site, value: Any) -> Any:
+        """A hook site was reached: run the accesses due here; return the site's value."""
+        fired = self.fired
+        count = fired.get(site, 0)
+        fired[site] = count + 1
+        accesses = self.plan.accesses
+        while self.next < len(accesses):
+            access = accesses[self.next]
+            if access.site != site or count:
+                if access.site == site or fired.get(access.site, 0):
+                    raise out_of_order(access.node, self.last)  # its module already ran
+                return value  # the next access is at a module that has not run yet
+            node = access.node
+            try:
+                if node.op is Op.READ:
+                    if node.id in self.plan.kept:
+                        self.env[node.id] = project(value, access.kind)
+                else:
+                    new = arg_value(node.args[-1], self.env, self.constants)
+                    value = inject(value, access.kind, new)
+            except Exception as error:
+                with_location(error, node, self.debug)
+                raise
+            self.free(node)
+            self.last = node
+            self.next += 1
+            self.run_nodes(access.then)
+        return value
+
+    def run_nodes(self, nodes: tuple[Node, ...]) -> None:
+        """Run nodes that need no hook, in order."""
+        env = self.env
+        constants = self.constants
+        flat = self.plan.flat
+        kept = self.plan.kept
+        for node in nodes:
+            if node.id in flat:
+                args = tuple(
+                    env[a.id] if type(a) is Ref else constants[a.index] if type(a) is Const else a
+                    for a in node.args
+                )
+                kwargs: dict[str, Any] = {}
+            else:
+                args = arg_value(node.args, env, constants)
+                kwargs = arg_value(node.kwargs, env, constants) if node.kwargs else {}
+            try:
+                result = apply(node, args, kwargs, self.saved)
+            except Exception as error:
+                with_location(error, node, self.debug)
+                raise
+            if node.id in kept:
+                env[node.id] = result
+            self.free(node)
+
+    def free(self, node: Node) -> None:
+        """Drop the values whose last use was this node."""
+        ids = self.plan.frees.get(node.id)
+        if ids:
+            env = self.env
+            for id in ids:
+                env.pop(id, None)
