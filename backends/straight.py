@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -28,27 +28,34 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 
-@dataclass(frozen=True)
-class Access:
+class Step(NamedTuple):
+    """A node that needs no hook, with what the run does around it."""
+
+    node: Node
+    flat: bool  # its arguments are all Refs, Consts or plain scalars
+    keep: bool  # a later node uses its value
+    frees: tuple[int, ...]  # the values whose last use it is
+
+
+class Access(NamedTuple):
     """A module access (a READ or WRITE node) and the nodes that run right after it."""
 
     site: Site
     kind: str
     node: Node
-    then: tuple[Node, ...]
+    keep: bool
+    frees: tuple[int, ...]
+    then: tuple[Step, ...]
 
 
 @dataclass(frozen=True)
 class StraightPlan:
     """A straight plan: what runs before the model, at each module access, and after."""
 
-    before: tuple[Node, ...]
+    before: tuple[Step, ...]
     accesses: tuple[Access, ...]
-    after: tuple[Node, ...]  # nodes recorded outside the invoke: they run once the model returned
+    after: tuple[Step, ...]  # nodes recorded outside the invoke: they run after the model
     modules: dict[str, set[str]]  # module path -> hook kinds ("input", "output")
-    frees: dict[int, tuple[int, ...]]  # node id -> the values whose last use it is
-    kept: frozenset[int]  # the nodes whose value a later node uses
-    flat: frozenset[int]  # nodes whose arguments are all Refs, Consts or plain scalars
 
     @classmethod
     def of(cls, plan: Plan) -> StraightPlan | None:
@@ -72,30 +79,31 @@ class StraightPlan:
                 return None  # gradients, and modules called by the intervention
             if node.invoke == 0 and any(invoke_of[i] != 0 for i in plan.inputs[node.id]):
                 return None
-        before: list[Node] = []
-        groups: list[tuple[Node, list[Node]]] = []  # each access and the nodes after it
-        for node in plan.invoke_nodes[0]:
-            if node.op is Op.READ or node.op is Op.WRITE:
-                groups.append((node, []))
-            elif groups:
-                groups[-1][1].append(node)
-            else:
-                before.append(node)
-        accesses = [Access(*plan.sites[node.id], node, tuple(then)) for node, then in groups]
         order = [*plan.invoke_nodes[0], *plan.tail_nodes]
         last_use = {id: node.id for node in order for id in plan.inputs[node.id]}
         frees: dict[int, list[int]] = {}
         for id, user in last_use.items():
             frees.setdefault(user, []).append(id)
-        return cls(
-            tuple(before),
-            tuple(accesses),
-            tuple(plan.tail_nodes),
-            plan.modules,
-            {user: tuple(ids) for user, ids in frees.items()},
-            frozenset(plan.uses),
-            frozenset(plan.flat),
+
+        def step(node: Node) -> Step:
+            return Step(
+                node, node.id in plan.flat, node.id in plan.uses, tuple(frees.get(node.id, ()))
+            )
+
+        before: list[Step] = []
+        groups: list[tuple[Node, list[Step]]] = []  # each access and the nodes after it
+        for node in plan.invoke_nodes[0]:
+            if node.op is Op.READ or node.op is Op.WRITE:
+                groups.append((node, []))
+            elif groups:
+                groups[-1][1].append(step(node))
+            else:
+                before.append(step(node))
+        accesses = tuple(
+            Access(*plan.sites[node.id], node, *step(node)[2:], tuple(then))
+            for node, then in groups
         )
+        return cls(tuple(before), accesses, tuple(map(step, plan.tail_nodes)), plan.modules)
 
 
 def execute_straight(
@@ -121,7 +129,8 @@ def execute_straight(
                 )
             if OUTPUT in kinds:
                 handles.append(module.register_forward_hook(run.post_hook(path)))
-        run.run_nodes(plan.before)
+        if plan.before:
+            run.run_steps(plan.before)
         call()
     finally:
         for handle in handles:
@@ -130,7 +139,8 @@ def execute_straight(
     if run.next < len(accesses):
         access = accesses[run.next]
         raise not_called(access.node, run.fired.get(access.site, 0))
-    run.run_nodes(plan.after)
+    if plan.after:
+        run.run_steps(plan.after)
     return run.saved
 
 
@@ -174,6 +184,7 @@ class StraightRun:
         count = fired.get(site, 0)
         fired[site] = count + 1
         accesses = self.plan.accesses
+        env = self.env
         while self.next < len(accesses):
             access = accesses[self.next]
             if access.site != site or count:
@@ -183,28 +194,28 @@ class StraightRun:
             node = access.node
             try:
                 if node.op is Op.READ:
-                    if node.id in self.plan.kept:
-                        self.env[node.id] = project(value, access.kind)
+                    if access.keep:
+                        env[node.id] = project(value, access.kind)
                 else:
-                    new = arg_value(node.args[-1], self.env, self.constants)
+                    new = arg_value(node.args[-1], env, self.constants)
                     value = inject(value, access.kind, new)
             except Exception as error:
                 with_location(error, node, self.debug)
                 raise
-            self.free(node)
+            for id in access.frees:
+                del env[id]
             self.last = node
             self.next += 1
-            self.run_nodes(access.then)
+            if access.then:
+                self.run_steps(access.then)
         return value
 
-    def run_nodes(self, nodes: tuple[Node, ...]) -> None:
+    def run_steps(self, steps: tuple[Step, ...]) -> None:
         """Run nodes that need no hook, in order."""
         env = self.env
         constants = self.constants
-        flat = self.plan.flat
-        kept = self.plan.kept
-        for node in nodes:
-            if node.id in flat:
+        for node, flat, keep, frees in steps:
+            if flat:
                 args = tuple(
                     env[a.id] if type(a) is Ref else constants[a.index] if type(a) is Const else a
                     for a in node.args
@@ -218,14 +229,7 @@ class StraightRun:
             except Exception as error:
                 with_location(error, node, self.debug)
                 raise
-            if node.id in kept:
+            if keep:
                 env[node.id] = result
-            self.free(node)
-
-    def free(self, node: Node) -> None:
-        """Drop the values whose last use was this node."""
-        ids = self.plan.frees.get(node.id)
-        if ids:
-            env = self.env
-            for id in ids:
-                env.pop(id, None)
+            for id in frees:
+                del env[id]

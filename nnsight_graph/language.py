@@ -128,7 +128,7 @@ class LanguageModel(NNsight):
     def _module_at(self, path: str) -> torch.nn.Module:
         if path == "generator":
             return self._generator
-        return self._module.get_submodule(path)
+        return super()._module_at(path)
 
     def _batch_rows(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
         if not args and not kwargs:

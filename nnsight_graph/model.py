@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -92,8 +93,15 @@ class NNsight(Envoy):
         return 1
 
     def _module_at(self, path: str) -> torch.nn.Module:
-        """The module a hook site's path names."""
-        return self._module.get_submodule(path)
+        """The module a hook site's path names ("" is the root)."""
+        module = self._module
+        if path:
+            for name in path.split("."):  # faster than get_submodule, which runs on each trace
+                child = module._modules.get(name)
+                if child is None:
+                    return self._module.get_submodule(path)  # raises, naming what is missing
+                module = child
+        return module
 
     # what a backend needs from the model ----------------------------------------------------
 
@@ -151,17 +159,15 @@ class NNsight(Envoy):
 
     def _execute(self, graph: Graph, total_rows: int, key: Any = None) -> dict[int, Any]:
         """Validate and optimize the graph, then run the model with it; return saved values."""
-        graph = with_edits(self._edits, graph)
+        if self._edits:
+            graph = with_edits(self._edits, graph)
         plan = self._plan(graph, key)
         args, kwargs = self._batched_inputs(graph)
-        method = graph.method
         options = _decode(graph.options, graph.constants) if graph.options else {}
-
-        def call() -> Any:
-            return self._call(method, args, kwargs, options)
-
+        call = partial(self._call, graph.method, args, kwargs, options)
         debug = CONFIG.APP.DEBUG
         module_at = self._module_at
+        method = graph.method
         if method == "scan":
             with _fake_tensors():
                 return execute(plan, graph.constants, module_at, call, total_rows, debug)
