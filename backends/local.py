@@ -25,6 +25,7 @@ from .apply import apply
 from .batching import merge, narrow
 from .control import StopRun, skipped_modules
 from .gradients import GradientSteps, gradient_work_end
+from .hooks import RunHooks
 from .plan import (
     _CONTROL,
     GRAD,
@@ -390,15 +391,14 @@ def execute(
         if invoke.start == 0 and (invoke.stop is None or invoke.stop == total_rows):
             return execute_straight(straight, constants, module_at, call, debug)
     run = Run(plan, constants, total_rows, debug)
-    handles = []
+    hooks = RunHooks()
     try:
         for path, kinds in plan.modules.items():
             module = module_at(path)  # looked up each run: submodules can be replaced
             if INPUT in kinds:
-                hook = partial(run.pre_hook, path)
-                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+                hooks.add_pre(module, partial(run.pre_hook, path))
             if OUTPUT in kinds:
-                handles.append(module.register_forward_hook(partial(run.post_hook, path)))
+                hooks.add_post(module, partial(run.post_hook, path))
         if plan.skips or plan.sources:
             sources = {path: module_at(path) for path in plan.sources}
             with (
@@ -409,8 +409,7 @@ def execute(
         else:
             _run_model(run, call)
     finally:
-        for handle in handles:
-            handle.remove()
+        hooks.remove()
     return run.saved
 
 

@@ -21,6 +21,7 @@ import torch
 
 from ..ir import Const, Node, Op, Ref
 from .apply import apply
+from .hooks import RunHooks
 from .plan import _CONTROL, GRAD, INPUT, OUTPUT, Site
 from .values import arg_value, inject, not_called, out_of_order, project, with_location
 
@@ -119,22 +120,19 @@ def execute_straight(
     removed even on error.
     """
     run = StraightRun(plan, constants, debug)
-    handles = []
+    hooks = RunHooks()
     try:
         for path, kinds in plan.modules.items():
             module = module_at(path)  # looked up each run: submodules can be replaced
             if INPUT in kinds:
-                handles.append(
-                    module.register_forward_pre_hook(run.pre_hook(path), with_kwargs=True)
-                )
+                hooks.add_pre(module, run.pre_hook(path))
             if OUTPUT in kinds:
-                handles.append(module.register_forward_hook(run.post_hook(path)))
+                hooks.add_post(module, run.post_hook(path))
         if plan.before:
             run.run_steps(plan.before)
         call()
     finally:
-        for handle in handles:
-            handle.remove()
+        hooks.remove()
     accesses = plan.accesses
     if run.next < len(accesses):
         access = accesses[run.next]
