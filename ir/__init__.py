@@ -19,7 +19,7 @@ from .errors import (
     WireFormatError,
 )
 from .graph import Graph, Invoke
-from .node import Const, Node, Ref, SourceLoc, ref, refs
+from .node import Const, Node, Ref, SourceLoc, const, ref, refs
 from .ops import EFFECTFUL, HOOKED, Op
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "UnsavedValueError",
     "ValidationError",
     "WireFormatError",
+    "const",
     "has_effect",
     "mutates",
     "ref",

@@ -41,6 +41,18 @@ class Const:
         return f"$c{self.index}"
 
 
+_CONSTS: list[Const] = []
+
+
+def const(index: int) -> Const:
+    """The Const for a table index, shared like `ref`: building a frozen dataclass is slow."""
+    try:
+        return _CONSTS[index]
+    except IndexError:
+        _CONSTS.extend(Const(i) for i in range(len(_CONSTS), index + 1))
+        return _CONSTS[index]
+
+
 @dataclass(frozen=True, slots=True)
 class SourceLoc:
     """Where in the user's code a node was created."""

@@ -243,16 +243,14 @@ def compile_body(
     return function
 
 
-def preload_names(
+def caller_names(
     captured: CapturedBody, local_vars: dict[str, Any], global_vars: dict[str, Any]
-) -> tuple[str, ...]:
+) -> list[str]:
     """Which of the caller's variables the compiled body must receive as locals."""
     if local_vars is global_vars:
         # module level: the body's assignments must start from the module's current values
-        names = [n for n in captured.stored if n in local_vars]
-    else:
-        names = [n for n in captured.names if n in local_vars]
-    return (*captured.helpers, *names)
+        return [n for n in captured.stored if n in local_vars]
+    return [n for n in captured.names if n in local_vars]
 
 
 def begin(frame: FrameType) -> CapturedBody:

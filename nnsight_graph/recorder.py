@@ -5,13 +5,22 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import torch
 
-from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc, ref
+from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc, const, ref
 from .ir.functions import UNSET
 from .proxy import Proxy
+
+# Nodes and invokes are NamedTuples; building them from a tuple skips the generated Python
+# `__new__`, a noticeable share of a small trace's recording time.
+_new_node = partial(tuple.__new__, Node)
+_new_invoke = partial(tuple.__new__, Invoke)
+_NO_KWARGS: dict[str, Any] = {}  # the kwargs of every node that has none; never mutated
+_Tensor = torch.Tensor
+_SAVE = Op.SAVE  # a module-level name: `Op.X` is slow on Python 3.11 (EnumType.__getattr__)
 
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
 _PRIMITIVE_TYPES = frozenset({*_PRIMITIVES, type(UNSET)})
@@ -69,6 +78,12 @@ class SessionValue:
 class Recorder:
     """Appends Nodes for the operations a trace body performs on Proxies."""
 
+    # Rarely used containers start as these shared empty class-level values: a trace that
+    # never fills them allocates nothing for them (many traces are one read and one save).
+    optional: frozenset[int] | set[int] = frozenset()  # nodes of steps that may never happen
+    caches: tuple[tuple[int, Any], ...] | list[tuple[int, Any]] = ()  # (CACHE node, Cache)
+    saved_containers: tuple[Any, ...] | list[Any] = ()  # resolved after the run
+
     def __init__(self) -> None:
         self.nodes: list[Node] = []
         self.constants: list[Any] = []
@@ -80,13 +95,10 @@ class Recorder:
         self.barriers: list[Any] = []
         self.results: dict[int, Any] | None = None  # saved values, once the trace has run
         self.session: Any = None  # the model.session() this trace belongs to, if any
-        self.caches: list[tuple[int, Any]] = []  # (CACHE node, the Cache object to fill)
         self.optional_from: int | None = None  # steps from here on may never happen (EOS)
-        self.optional: set[int] = set()
         self.saved_ids: set[int] = set()
-        self.saved_containers: list[Any] = []
         self._constant_index: dict[int, int] = {}
-        self._rows = 0
+        self.total_rows = 0  # batch rows of the invokes opened so far
 
     # nodes --------------------------------------------------------------------------------
 
@@ -94,26 +106,40 @@ class Recorder:
         """Append a node; return its id."""
         encode = self.encode
         # encode first: encoding may record nodes of its own (a pending `.shape`)
-        encoded_args = tuple([encode(a) for a in args]) if args else ()
-        encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else {}
+        if not args:
+            encoded_args: tuple[Any, ...] = ()
+        elif len(args) == 1:
+            encoded_args = (encode(args[0]),)
+        else:
+            encoded_args = tuple(map(encode, args))
+        encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else _NO_KWARGS
         nodes = self.nodes
         id = len(nodes)
         if self.optional_from is not None and self.step >= self.optional_from:
-            self.optional.add(id)
+            self.mark_optional(id)
         nodes.append(
-            Node(
-                id,
-                op,
-                target,
-                encoded_args,
-                encoded_kwargs,
-                self.invoke,
-                self.step,
-                user_location(),
-                self.guard,
+            _new_node(
+                (
+                    id,
+                    op,
+                    target,
+                    encoded_args,
+                    encoded_kwargs,
+                    self.invoke,
+                    self.step,
+                    user_location(),
+                    self.guard,
+                )
             )
         )
         return id
+
+    def mark_optional(self, id: int) -> None:
+        """Node `id` belongs to a step that may never happen (generation may end first)."""
+        if isinstance(self.optional, set):
+            self.optional.add(id)
+        else:
+            self.optional = {id}
 
     def proxy(self, op: Op, target: str = "", args: tuple[Any, ...] = (), **kwargs: Any) -> Proxy:
         """Append a node and return a Proxy for its value."""
@@ -131,6 +157,8 @@ class Recorder:
     def encode(self, value: Any) -> Any:
         """An argument as the graph stores it: Ref for Proxies, Const for objects."""
         kind = type(value)
+        if kind is _Tensor:  # the common constant first; a Tensor is never a Proxy
+            return self.constant(value)
         if kind is Proxy or isinstance(value, Proxy):
             other = value._nn_recorder
             if other is not self:
@@ -145,7 +173,7 @@ class Recorder:
             return ref(value._nn_node())
         if kind in _PRIMITIVE_TYPES or kind is Ref:
             return value
-        if kind is torch.Tensor or isinstance(value, torch.Tensor):
+        if isinstance(value, _Tensor):
             return self.constant(value)
         if kind is tuple or kind is list:
             return kind(self.encode(v) for v in value)
@@ -169,14 +197,28 @@ class Recorder:
             index = len(self.constants)
             self.constants.append(value)
             self._constant_index[id(value)] = index
-        return Const(index)
+        return const(index)
 
     def save(self, proxy: Proxy) -> None:
         """Keep the proxy's value after the run."""
         node = proxy._nn_node()
         if node not in self.saved_ids:
             self.saved_ids.add(node)
-            self.add(Op.SAVE, "", (proxy,))
+            self.add(_SAVE, "", (proxy,))
+
+    def keep_container(self, container: Any) -> None:
+        """Resolve a saved list, dict, ... after the run (and save the Proxies inside it)."""
+        if isinstance(self.saved_containers, list):
+            self.saved_containers.append(container)
+        else:
+            self.saved_containers = [container]
+
+    def add_cache(self, node: int, cache: Any) -> None:
+        """Fill `cache` with the values the CACHE node `node` collected, after the run."""
+        if isinstance(self.caches, list):
+            self.caches.append((node, cache))
+        else:
+            self.caches = [(node, cache)]
 
     # invokes ------------------------------------------------------------------------------
 
@@ -188,13 +230,15 @@ class Recorder:
                 "opening the next, and pass inputs either to trace() or to invoke(), not both"
             )
         index = len(self.invokes)
-        encoded_args = tuple([self.encode(a) for a in args])
-        encoded_kwargs = {k: self.encode(v) for k, v in kwargs.items()} if kwargs else {}
+        encode = self.encode
+        encoded_args = tuple(map(encode, args))
+        encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else {}
         if rows is None:
-            invoke = Invoke(index, encoded_args, encoded_kwargs, 0, None)
+            invoke = _new_invoke((index, encoded_args, encoded_kwargs, 0, None))
         else:
-            invoke = Invoke(index, encoded_args, encoded_kwargs, self._rows, self._rows + rows)
-            self._rows += rows
+            start = self.total_rows
+            self.total_rows = start + rows
+            invoke = _new_invoke((index, encoded_args, encoded_kwargs, start, start + rows))
         self.invokes.append(invoke)
         self.invoke = index
         self.step = 0
@@ -202,10 +246,6 @@ class Recorder:
 
     def close_invoke(self) -> None:
         self.invoke = -1
-
-    @property
-    def total_rows(self) -> int:
-        return self._rows
 
     # result -------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ def save(value: Any) -> Any:
         return value
     recorder = active()
     if recorder is not None and isinstance(value, _CONTAINERS):
-        recorder.saved_containers.append(value)
+        recorder.keep_container(value)
         return value
     method = getattr(value, "save", None)
     if recorder is None and callable(method):

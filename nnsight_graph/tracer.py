@@ -6,7 +6,7 @@ import sys
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import capture, conditions, frames, saving, session
+from . import capture, conditions, frames, saving, session, transform
 from .extras import Barrier, Cache
 from .ir import Graph, GraphBuildError, NNsightError, Op
 from .proxy import Proxy
@@ -54,22 +54,29 @@ class Tracer:
         kwargs: dict[str, Any],
         method: str = "trace",
     ) -> None:
-        self.run = kwargs.pop("run", True)  # run=False: record and validate, no compute
-        if kwargs.pop("remote", False):
-            raise NNsightError(
-                "remote=True needs the nnsight_graph server, which this version does not have "
-                "yet; run the trace locally (leave out remote=True)"
-            )
         self.model = model
         self.method = method
         self.args = args
-        self.kwargs, self.call_kwargs = model._split_kwargs(method, kwargs)
-        self.graph: Graph | None = None
-        self._recorder: Recorder | None = None
-        self._frame: FrameType | None = None
-        self._captured: capture.CapturedBody | None = None
-        self._session: session.Session | None = None
-        self._recording: recording | None = None
+        self.run = True  # run=False: record and validate, no compute
+        if kwargs:
+            self.run = kwargs.pop("run", True)
+            if kwargs.pop("remote", False):
+                raise NNsightError(
+                    "remote=True needs the nnsight_graph server, which this version does not "
+                    "have yet; run the trace locally (leave out remote=True)"
+                )
+            self.kwargs, self.call_kwargs = model._split_kwargs(method, kwargs)
+        else:  # no keywords: nothing to split into inputs and options
+            self.kwargs, self.call_kwargs = kwargs, {}
+
+    # Set while the `with` block is entered, recorded or run (class-level defaults: a trace
+    # sets only the ones it uses).
+    graph: Graph | None = None
+    _recorder: Recorder | None = None
+    _frame: FrameType | None = None
+    _captured: capture.CapturedBody | None = None
+    _session: session.Session | None = None
+    _recording: recording | None = None
 
     # the user's API -----------------------------------------------------------------------
 
@@ -125,7 +132,7 @@ class Tracer:
             raise GraphBuildError("tracer.cache() with neither outputs nor inputs caches nothing")
         node = recorder.add(Op.CACHE, "cache", (), paths=paths, kinds=kinds)
         cache = Cache(self.model, paths)  # type: ignore[arg-type]
-        recorder.caches.append((node, cache))
+        recorder.add_cache(node, cache)
         return cache
 
     def result(self) -> Proxy:
@@ -138,13 +145,13 @@ class Tracer:
     # the with statement -------------------------------------------------------------------
 
     def __enter__(self) -> Tracer:
-        if session.current() is not None and not _ACTIVE:
-            return self._enter_in_session()
         if _ACTIVE:
             raise GraphBuildError(
                 "a trace cannot be opened inside another trace; close the first one, or group "
                 "traces with model.session()"
             )
+        if session.current() is not None:
+            return self._enter_in_session()
         frame = sys._getframe(1)
         self._captured = capture.begin(frame)
         self._frame = frame
@@ -232,25 +239,24 @@ class Tracer:
         if captured.target is not None:
             namespace[captured.target] = self
         body = capture.compile_body(captured, tuple(namespace), global_vars)
-        recorder = Recorder()
-        self._recorder = recorder
+        recorder = self._recorder = Recorder()
+        _ACTIVE.append(recorder)  # what `with recording(recorder):` does, without its calls
         try:
-            with recording(recorder):
-                if self.method == "edit":
-                    recorder.open_invoke((), {}, None)  # an edit sees every row of each trace
-                elif self.args or self.kwargs:
-                    recorder.open_invoke(
-                        self.args, self.kwargs, self.model._batch_rows(self.args, self.kwargs)
-                    )
-                variables = body(namespace)
-                recorder.close_invoke()
-                if self.method == "scan":
-                    _save_everything(captured, variables, recorder)
+            if self.method == "edit":
+                recorder.open_invoke((), {}, None)  # an edit sees every row of each trace
+            elif self.args or self.kwargs:
+                rows = self.model._batch_rows(self.args, self.kwargs)
+                recorder.open_invoke(self.args, self.kwargs, rows)
+            variables = body(namespace)
+            recorder.close_invoke()
+            if self.method == "scan":
+                _save_everything(captured, variables, recorder)
+            if captured.mutated:
                 _keep_outer_containers(captured, local_vars, global_vars, recorder)
-            graph = self._finish_recording(recorder)
         finally:
+            _ACTIVE.pop()
             self._recorder = None
-        self.graph = graph
+        self.graph = graph = self._finish_recording(recorder)
         key = (captured.file, captured.line)
         result: Any = self
         if self.method == "edit":
@@ -265,7 +271,8 @@ class Tracer:
             saved = {}
         _deliver(recorder, saved)
         values = saving.bound_values(captured.stored, variables)
-        _resolve_attributes(captured, variables, global_vars)
+        if captured.attribute_stores:
+            _resolve_attributes(captured, variables, global_vars)
         if captured.target is not None:
             values.setdefault(captured.target, result)
         frames.bind(frame, values, local_vars)
@@ -289,7 +296,7 @@ def _save_everything(
         if isinstance(value, Proxy):
             recorder.save(value)
         elif isinstance(value, (list, tuple, dict)):
-            recorder.saved_containers.append(value)
+            recorder.keep_container(value)
 
 
 def _resolve_attributes(
@@ -316,21 +323,25 @@ def _keep_outer_containers(
     for name in captured.mutated:
         value = local_vars.get(name, global_vars.get(name))
         if isinstance(value, (list, dict)):
-            recorder.saved_containers.append(value)
+            recorder.keep_container(value)
+
+
+# The transform's helpers, which every compiled body receives first in its namespace.
+_HELPERS: dict[str, Any] = {
+    transform.SAVE_HELPER: saving.save,
+    transform.STEPS_HELPER: is_steps,
+    transform.PROXY_HELPER: conditions.is_proxy,
+    transform.BRANCH_HELPER: conditions.Branch,
+    transform.PRINT_HELPER: conditions.log,
+}
 
 
 def _namespace(
     captured: capture.CapturedBody, local_vars: dict[str, Any], global_vars: dict[str, Any]
 ) -> dict[str, Any]:
-    """The caller's variables the body needs, plus the transform's helpers."""
-    namespace: dict[str, Any] = {
-        "__nnsight_save__": saving.save,
-        "__nnsight_is_steps__": is_steps,
-        "__nnsight_is_proxy__": conditions.is_proxy,
-        "__nnsight_branch__": conditions.Branch,
-        "__nnsight_print__": conditions.log,
-    }
-    for name in capture.preload_names(captured, local_vars, global_vars):
+    """The caller's variables the body needs, after the transform's helpers."""
+    namespace = _HELPERS.copy()
+    for name in capture.caller_names(captured, local_vars, global_vars):
         if name not in namespace:
             namespace[name] = local_vars[name]
     return namespace
