@@ -12,6 +12,8 @@ from .ir import GraphBuildError, Op
 from .proxy import Proxy
 from .recorder import _ACTIVE, Recorder, active
 
+_READ = Op.READ  # a module-level name: `Op.X` is slow on Python 3.11 (EnumType.__getattr__)
+
 
 class Envoy:
     """Mirrors a torch module and its named submodules.
@@ -26,6 +28,7 @@ class Envoy:
         object.__setattr__(self, "_module", module)
         object.__setattr__(self, "_path", path)
         object.__setattr__(self, "_children", {})
+        object.__setattr__(self, "_sites", {})  # "output" -> "layer1.output", built once
 
     # hierarchy ----------------------------------------------------------------------------
 
@@ -42,6 +45,9 @@ class Envoy:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         module = self._module
+        child = self._children.get(name)
+        if child is not None and module._modules.get(name) is child._module:
+            return child  # the common case: a submodule seen before
         if name in module._modules and module._modules[name] is not None:
             return self._child(name)
         try:
@@ -106,7 +112,7 @@ class Envoy:
         return recorder
 
     def _site(self, what: str) -> str:
-        sites: dict[str, str] = self.__dict__.setdefault("_sites", {})
+        sites: dict[str, str] = self._sites
         site = sites.get(what)
         if site is None:
             site = sites[what] = f"{self._path}.{what}" if self._path else what
@@ -116,7 +122,7 @@ class Envoy:
         recorder = _ACTIVE[-1] if _ACTIVE else None
         if recorder is None or recorder.invoke < 0:
             recorder = self._recorder(what)  # raises, saying what to do
-        return Proxy(recorder, recorder.add(Op.READ, self._site(what)))
+        return Proxy(recorder, recorder.add(_READ, self._site(what)))
 
     def _write(self, what: str, value: Any) -> None:
         self._recorder(what).add(Op.WRITE, self._site(what), (value,))
