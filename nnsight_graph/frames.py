@@ -29,9 +29,9 @@ def bind(frame: FrameType, values: dict[str, Any], local_vars: Any = None) -> No
         global_vars.update(values)
         return
     code = frame.f_code
-    own = {*code.co_varnames, *code.co_cellvars, *code.co_freevars}
-    for name in [n for n in values if n not in own]:
-        global_vars[name] = values.pop(name)  # declared `global` in the function
+    for name in list(values):
+        if not (name in code.co_varnames or name in code.co_cellvars or name in code.co_freevars):
+            global_vars[name] = values.pop(name)  # declared `global` in the function
     if _WRITE_THROUGH:
         for name, value in values.items():
             local_vars[name] = value
