@@ -40,10 +40,14 @@ _IS_INTERNAL: dict[str, bool] = {}
 _LOCATIONS: dict[tuple[str, int], SourceLoc] = {}
 
 
-def user_location() -> SourceLoc | None:
-    """The file:line of the innermost frame outside nnsight_graph and torch."""
+def user_location(skip: int = 0) -> SourceLoc | None:
+    """The file:line of the innermost frame outside nnsight_graph and torch.
+
+    The search starts at the caller's caller, `skip` frames further out when the caller knows
+    that those frames are ours (each frame looked at costs a frame object).
+    """
     global _INTERNAL
-    frame = sys._getframe(2)
+    frame = sys._getframe(2 + skip)
     while frame is not None:
         file = frame.f_code.co_filename
         internal = _IS_INTERNAL.get(file)
@@ -113,24 +117,21 @@ class Recorder:
         else:
             encoded_args = tuple(map(encode, args))
         encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else _NO_KWARGS
+        return self._append(op, target, encoded_args, encoded_kwargs)
+
+    def _append(self, op: Op, target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """Append a node whose arguments are encoded already; return its id.
+
+        Called by `add` and `save` only, which only the package's own code calls: the user's
+        frame is beyond those two.
+        """
         nodes = self.nodes
         id = len(nodes)
         if self.optional_from is not None and self.step >= self.optional_from:
             self.mark_optional(id)
+        loc = user_location(skip=2)
         nodes.append(
-            _new_node(
-                (
-                    id,
-                    op,
-                    target,
-                    encoded_args,
-                    encoded_kwargs,
-                    self.invoke,
-                    self.step,
-                    user_location(),
-                    self.guard,
-                )
-            )
+            _new_node((id, op, target, args, kwargs, self.invoke, self.step, loc, self.guard))
         )
         return id
 
@@ -202,8 +203,12 @@ class Recorder:
     def save(self, proxy: Proxy) -> None:
         """Keep the proxy's value after the run."""
         node = proxy._nn_node()
-        if node not in self.saved_ids:
-            self.saved_ids.add(node)
+        if node in self.saved_ids:
+            return
+        self.saved_ids.add(node)
+        if proxy._nn_recorder is self:
+            self._append(_SAVE, "", (ref(node),), _NO_KWARGS)
+        else:  # another trace's value: encoding says whether this trace may use it
             self.add(_SAVE, "", (proxy,))
 
     def keep_container(self, container: Any) -> None:
