@@ -112,10 +112,10 @@ class Recorder:
         # encode first: encoding may record nodes of its own (a pending `.shape`)
         if not args:
             encoded_args: tuple[Any, ...] = ()
-        elif len(args) == 1:
+        elif len(args) == 1:  # most nodes: no list to build
             encoded_args = (encode(args[0]),)
-        else:
-            encoded_args = tuple(map(encode, args))
+        else:  # a comprehension: cheaper than map(), which calls encode from C
+            encoded_args = tuple([encode(a) for a in args])
         encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else _NO_KWARGS
         return self._append(op, target, encoded_args, encoded_kwargs)
 
@@ -236,7 +236,10 @@ class Recorder:
             )
         index = len(self.invokes)
         encode = self.encode
-        encoded_args = tuple(map(encode, args))
+        if len(args) == 1:  # the usual single input: no list to build
+            encoded_args: tuple[Any, ...] = (encode(args[0]),)
+        else:
+            encoded_args = tuple([encode(a) for a in args])
         encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else {}
         if rows is None:
             invoke = _new_invoke((index, encoded_args, encoded_kwargs, 0, None))
