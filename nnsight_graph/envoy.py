@@ -10,9 +10,10 @@ import torch
 
 from .ir import GraphBuildError, Op
 from .proxy import Proxy
-from .recorder import _ACTIVE, Recorder, active
+from .recorder import _ACTIVE, NO_KWARGS, Recorder, active
 
 _READ = Op.READ  # a module-level name: `Op.X` is slow on Python 3.11 (EnumType.__getattr__)
+_VALUES = ("output", "input", "inputs")  # what `.output`, `.input`, `.inputs` read
 
 
 class Envoy:
@@ -28,7 +29,9 @@ class Envoy:
         object.__setattr__(self, "_module", module)
         object.__setattr__(self, "_path", path)
         object.__setattr__(self, "_children", {})
-        object.__setattr__(self, "_sites", {})  # "output" -> "layer1.output", built once
+        # hook-site names ("output" -> "layer1.output"), built once; `_site` adds others
+        sites = {what: f"{path}.{what}" if path else what for what in _VALUES}
+        object.__setattr__(self, "_sites", sites)
 
     # hierarchy ----------------------------------------------------------------------------
 
@@ -122,7 +125,8 @@ class Envoy:
         recorder = _ACTIVE[-1] if _ACTIVE else None
         if recorder is None or recorder.invoke < 0:
             recorder = self._recorder(what)  # raises, saying what to do
-        return Proxy(recorder, recorder.add(_READ, self._site(what)))
+        # no arguments to encode: `append` directly (`_read` is called by the properties)
+        return Proxy(recorder, recorder.append(_READ, self._sites[what], (), NO_KWARGS))
 
     def _write(self, what: str, value: Any) -> None:
         self._recorder(what).add(Op.WRITE, self._site(what), (value,))

@@ -18,7 +18,7 @@ from .proxy import Proxy
 # `__new__`, a noticeable share of a small trace's recording time.
 _new_node = partial(tuple.__new__, Node)
 _new_invoke = partial(tuple.__new__, Invoke)
-_NO_KWARGS: dict[str, Any] = {}  # the kwargs of every node that has none; never mutated
+NO_KWARGS: dict[str, Any] = {}  # the kwargs of every node that has none; never mutated
 _Tensor = torch.Tensor
 _SAVE = Op.SAVE  # a module-level name: `Op.X` is slow on Python 3.11 (EnumType.__getattr__)
 
@@ -116,14 +116,14 @@ class Recorder:
             encoded_args = (encode(args[0]),)
         else:  # a comprehension: cheaper than map(), which calls encode from C
             encoded_args = tuple([encode(a) for a in args])
-        encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else _NO_KWARGS
-        return self._append(op, target, encoded_args, encoded_kwargs)
+        encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else NO_KWARGS
+        return self.append(op, target, encoded_args, encoded_kwargs)
 
-    def _append(self, op: Op, target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    def append(self, op: Op, target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         """Append a node whose arguments are encoded already; return its id.
 
-        Called by `add` and `save` only, which only the package's own code calls: the user's
-        frame is beyond those two.
+        Only for callers that the package's own code calls (like `add` and `save`): the
+        search for the user's frame starts beyond the caller's caller.
         """
         nodes = self.nodes
         id = len(nodes)
@@ -207,7 +207,7 @@ class Recorder:
             return
         self.saved_ids.add(node)
         if proxy._nn_recorder is self:
-            self._append(_SAVE, "", (ref(node),), _NO_KWARGS)
+            self.append(_SAVE, "", (ref(node),), NO_KWARGS)
         else:  # another trace's value: encoding says whether this trace may use it
             self.add(_SAVE, "", (proxy,))
 
