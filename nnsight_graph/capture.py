@@ -243,16 +243,6 @@ def compile_body(
     return function
 
 
-def caller_names(
-    captured: CapturedBody, local_vars: dict[str, Any], global_vars: dict[str, Any]
-) -> list[str]:
-    """Which of the caller's variables the compiled body must receive as locals."""
-    if local_vars is global_vars:
-        # module level: the body's assignments must start from the module's current values
-        return [n for n in captured.stored if n in local_vars]
-    return [n for n in captured.names if n in local_vars]
-
-
 def begin(frame: FrameType) -> CapturedBody:
     """At `__enter__`: capture the `with` body the frame is entering and skip running it."""
     captured = find_body(frame)
@@ -265,7 +255,11 @@ def end(frame: FrameType, captured: CapturedBody, exc_type: type[BaseException] 
     """At `__exit__`: undo `begin`; whether the block ended as planned (run the body now)."""
     if captured.empty:
         return exc_type is None
-    restore_tracing(frame)
+    # undo `skip_body` here rather than in a function of its own: while the trace function
+    # is set, every call costs a call of `_ignore_calls` too
+    frame.f_trace = None
+    frame.f_trace_opcodes = False
+    sys.settrace(_previous_trace.pop() if _previous_trace else None)
     return exc_type is SkipBody
 
 
@@ -296,14 +290,8 @@ def skip_body(frame: FrameType) -> None:
     frame.f_trace = _raise_skip
 
 
-def restore_tracing(frame: FrameType) -> None:
-    """Undo `skip_body`: put back the trace function that was active before."""
-    frame.f_trace = None
-    frame.f_trace_opcodes = False
-    sys.settrace(_previous_trace.pop() if _previous_trace else None)
-
-
 def _ignore_calls(frame: FrameType, event: str, arg: Any) -> None:
+    """The global trace function while a body is skipped: no other frame is traced."""
     return None
 
 

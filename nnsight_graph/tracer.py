@@ -339,9 +339,11 @@ _HELPERS: dict[str, Any] = {
 def _namespace(
     captured: capture.CapturedBody, local_vars: dict[str, Any], global_vars: dict[str, Any]
 ) -> dict[str, Any]:
-    """The caller's variables the body needs, after the transform's helpers."""
+    """The transform's helpers, then the caller's variables the body must receive as locals."""
     namespace = _HELPERS.copy()
-    for name in capture.caller_names(captured, local_vars, global_vars):
-        if name not in namespace:
+    # at module level the body's assignments must start from the module's current values
+    names = captured.stored if local_vars is global_vars else captured.names
+    for name in names:
+        if name in local_vars and name not in namespace:
             namespace[name] = local_vars[name]
     return namespace
