@@ -39,7 +39,6 @@ class CapturedBody:
     body: list[ast.stmt]
     loaded: frozenset[str]
     stored: tuple[str, ...]
-    helpers: tuple[str, ...]
     empty: bool  # only `pass`, `...` or strings: nothing runs, so nothing needs skipping
     mutated: tuple[str, ...]  # names whose object the body changes: `x.append(...)`, `x[k] = v`
     target: str | None  # the `as` name of the `with` statement
@@ -121,7 +120,7 @@ def _find_with(tree: ast.Module, line: int, file: str) -> ast.With:
 
 
 def _capture(statement: ast.With, file: str) -> CapturedBody:
-    body, helpers = transform_body(statement.body)
+    body = transform_body(statement.body)
     loaded: set[str] = set()
     stored: dict[str, None] = {}
     mutated: dict[str, None] = {}
@@ -161,7 +160,6 @@ def _capture(statement: ast.With, file: str) -> CapturedBody:
         body,
         frozenset(loaded),
         tuple(stored),
-        tuple(helpers),
         empty,
         tuple(name for name in mutated if name not in stored),
         _target_name(statement, file),

@@ -17,7 +17,6 @@ STEPS_HELPER = "__nnsight_is_steps__"
 PROXY_HELPER = "__nnsight_is_proxy__"
 BRANCH_HELPER = "__nnsight_branch__"
 PRINT_HELPER = "__nnsight_print__"
-HELPERS = [SAVE_HELPER, STEPS_HELPER, PROXY_HELPER, BRANCH_HELPER, PRINT_HELPER]
 
 
 class _SaveCalls(ast.NodeTransformer):
@@ -161,12 +160,16 @@ class _Conditions(ast.NodeTransformer):
         return [assign, choice]
 
 
-def transform_body(body: list[ast.stmt]) -> tuple[list[ast.stmt], list[str]]:
-    """The transformed statements (the input is not changed) and the helper names they use."""
+def transform_body(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The transformed statements (the input is not changed).
+
+    They call the helpers named by the *_HELPER constants, which the tracer puts in every
+    compiled body's namespace.
+    """
     module = ast.Module(body=copy.deepcopy(body), type_ignores=[])
     module = _SaveCalls().visit(module)
     module = _Prints().visit(module)
     module = _Conditions().visit(module)
     module = _StepBlocks().visit(module)
     ast.fix_missing_locations(module)
-    return module.body, list(HELPERS)
+    return module.body
