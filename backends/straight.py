@@ -87,9 +87,10 @@ class StraightPlan:
             frees.setdefault(user, []).append(id)
 
         def step(node: Node) -> Step:
-            return Step(
-                node, node.id in plan.flat, node.id in plan.uses, tuple(frees.get(node.id, ()))
-            )
+            return Step(node, node.id in plan.flat, node.id in plan.uses, frees_of(node))
+
+        def frees_of(node: Node) -> tuple[int, ...]:
+            return tuple(frees.get(node.id, ()))
 
         before: list[Step] = []
         groups: list[tuple[Node, list[Step]]] = []  # each access and the nodes after it
@@ -101,7 +102,7 @@ class StraightPlan:
             else:
                 before.append(step(node))
         accesses = tuple(
-            Access(*plan.sites[node.id], node, *step(node)[2:], tuple(then))
+            Access(*plan.sites[node.id], node, node.id in plan.uses, frees_of(node), tuple(then))
             for node, then in groups
         )
         return cls(tuple(before), accesses, tuple(map(step, plan.tail_nodes)), plan.modules)
