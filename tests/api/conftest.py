@@ -1,49 +1,18 @@
-"""Fixtures for the API tests: the walkthrough's tiny net, its input, and source-line lookup."""
+"""Fixtures for the API tests: the walkthrough net's input, source-line lookup, call counting
+and the shipped GPT-2 (the net itself and `clean` are in tests/conftest.py)."""
 
-from collections import OrderedDict
 from collections.abc import Callable
 
 import pytest
 import torch
-from torch.nn.modules import module as torch_module
 
 import nnsight_graph as nnsight
-
-
-def make_net() -> torch.nn.Sequential:
-    """The walkthrough's 2-layer net (section 1), seeded."""
-    torch.manual_seed(0)
-    layers = OrderedDict([("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))])
-    return torch.nn.Sequential(layers).requires_grad_(False)
-
-
-@pytest.fixture
-def net() -> torch.nn.Sequential:
-    return make_net()
-
-
-@pytest.fixture
-def model(net: torch.nn.Sequential) -> nnsight.NNsight:
-    return nnsight.NNsight(net)
 
 
 @pytest.fixture
 def x() -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     return torch.rand((1, 5), generator=generator)
-
-
-def no_hooks_left(root: torch.nn.Module) -> bool:
-    """No module (and no global registration) still carries a forward hook."""
-    local = all(not m._forward_hooks and not m._forward_pre_hooks for m in root.modules())
-    registered = torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
-    return local and not registered
-
-
-@pytest.fixture
-def clean() -> Callable[[torch.nn.Module], bool]:
-    """`clean(net)`: whether no forward hook is left on `net` or registered globally."""
-    return no_hooks_left
 
 
 @pytest.fixture

@@ -105,10 +105,6 @@ def plain_generate(hf, tokenizer, prompt: str, max_new_tokens: int) -> torch.Ten
         )
 
 
-def no_hooks(module: torch.nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
-
-
 def test_the_models_are_what_the_tests_expect(models, tokenizer):
     llama, neox = models["llama"], models["neox"]
     assert type(llama.model.layers[0]).__name__ == "LlamaDecoderLayer"
@@ -123,7 +119,7 @@ def test_the_models_are_what_the_tests_expect(models, tokenizer):
 # reading and editing through LanguageModel ----------------------------------------------------
 
 
-def test_llama_layers_read_through_language_model(wrapped, models, tokenizer):
+def test_llama_layers_read_through_language_model(wrapped, models, tokenizer, clean):
     llm = wrapped["llama"]
     with llm.trace(LONG):
         first = llm.model.layers[0].output.save()
@@ -135,10 +131,10 @@ def test_llama_layers_read_through_language_model(wrapped, models, tokenizer):
     assert torch.allclose(first[0], states[0], atol=ATOL)
     assert torch.allclose(last[0], states[1], atol=ATOL)
     assert torch.allclose(logits[0], expected_logits, atol=ATOL)
-    assert no_hooks(models["llama"])
+    assert clean(models["llama"])
 
 
-def test_neox_layers_read_through_language_model(wrapped, models, tokenizer):
+def test_neox_layers_read_through_language_model(wrapped, models, tokenizer, clean):
     llm = wrapped["neox"]
     with llm.trace(LONG):
         first = llm.gpt_neox.layers[0].output.save()
@@ -149,7 +145,7 @@ def test_neox_layers_read_through_language_model(wrapped, models, tokenizer):
     assert torch.allclose(first[0], states[0], atol=ATOL)
     assert torch.allclose(last[0], states[1], atol=ATOL)
     assert torch.allclose(logits[0], expected_logits, atol=ATOL)
-    assert no_hooks(models["neox"])
+    assert clean(models["neox"])
 
 
 def test_llama_layer_edit_matches_a_plain_hook(wrapped, models, tokenizer):
@@ -243,7 +239,7 @@ def test_an_edit_in_one_invoke_leaves_the_other_alone(arch, wrapped, models, tok
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_generation_steps_equal_plain_generate(arch, wrapped, models, tokenizer):
+def test_generation_steps_equal_plain_generate(arch, wrapped, models, tokenizer, clean):
     llm, hf = wrapped[arch], models[arch]
     lm_head = llm.lm_head
     layers = decoder_layers(llm)
@@ -263,7 +259,7 @@ def test_generation_steps_equal_plain_generate(arch, wrapped, models, tokenizer)
     assert torch.equal(output, expected)
     assert [int(t) for t in tokens] == expected[0, prompt_length:].tolist()
     assert lengths == [prompt_length, 1, 1, 1]
-    assert no_hooks(hf)
+    assert clean(hf)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -281,7 +277,7 @@ def test_batched_generation_equals_each_prompt_alone(arch, wrapped, models, toke
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_plain_nnsight_wrapper_reads_and_edits_layers(arch, models, tokenizer):
+def test_plain_nnsight_wrapper_reads_and_edits_layers(arch, models, tokenizer, clean):
     hf = models[arch]
     model = nnsight.NNsight(hf)
     ids = ids_of(tokenizer, LONG)
@@ -298,7 +294,7 @@ def test_plain_nnsight_wrapper_reads_and_edits_layers(arch, models, tokenizer):
         logits = model.output.logits.save()
     expected_edited, _ = plain(hf, ids, zero_layer=1)
     assert torch.allclose(logits[0], expected_edited, atol=ATOL)
-    assert no_hooks(hf)
+    assert clean(hf)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,18 +1,9 @@
 """Python control flow in a trace: `if` on a traced value, print(), scan, steps on any model."""
 
-from collections import OrderedDict
-
 import pytest
 import torch
 
 import nnsight_graph as nnsight
-
-
-@pytest.fixture
-def net():
-    torch.manual_seed(0)
-    layers = OrderedDict(layer1=torch.nn.Linear(5, 10), layer2=torch.nn.Linear(10, 2))
-    return torch.nn.Sequential(layers).requires_grad_(False)
 
 
 @pytest.fixture

@@ -57,10 +57,6 @@ class Plain:
         self.new_tokens = self.output[0, self.prompt_length :].tolist()
 
 
-def no_hooks(module: torch.nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
-
-
 @pytest.fixture(scope="module")
 def plain3(hf, tokenizer):
     return Plain(hf, tokenizer, PROMPT, 3)
@@ -80,7 +76,7 @@ def test_plain_generation_is_what_the_tests_expect(plain3, tokenizer):
     assert len(set(plain3.new_tokens)) == 3  # distinct tokens: step mix-ups would show
 
 
-def test_walkthrough_generate_output(llm, plain3, capsys):
+def test_walkthrough_generate_output(llm, plain3, capsys, clean):
     with llm.generate("The Eiffel Tower is in", max_new_tokens=3) as tracer:
         output = llm.generator.output.save()
 
@@ -90,7 +86,7 @@ def test_walkthrough_generate_output(llm, plain3, capsys):
     assert output.shape == (1, plain3.prompt_length + 3)
     assert torch.equal(output, plain3.output)
     assert capsys.readouterr().out == llm.tokenizer.decode(plain3.output[0]) + "\n"
-    assert no_hooks(llm._module)
+    assert clean(llm._module)
 
 
 def test_tracer_result_in_generate_is_the_generated_ids(llm, plain3):
@@ -161,7 +157,7 @@ def test_walkthrough_conditional_per_step_intervention(llm, hf, tokenizer, capsy
     assert torch.allclose(hidden_states[1], clean.states[1][0], atol=ATOL)
 
 
-def test_zeroing_block_0_on_step_2_matches_a_plain_hook(llm, hf, tokenizer):
+def test_zeroing_block_0_on_step_2_matches_a_plain_hook(llm, hf, tokenizer, clean):
     with llm.generate(max_new_tokens=5) as tracer:
         with tracer.invoke(PROMPT):
             with tracer.iter[:] as step_idx:
@@ -171,11 +167,11 @@ def test_zeroing_block_0_on_step_2_matches_a_plain_hook(llm, hf, tokenizer):
             output = llm.generator.output.save()
 
     expected = Plain(hf, tokenizer, PROMPT, 5, zero_call=2)
-    clean = Plain(hf, tokenizer, PROMPT, 5)
+    unedited = Plain(hf, tokenizer, PROMPT, 5)
     assert torch.equal(output, expected.output)
-    assert not torch.equal(expected.output, clean.output)  # the edit changes the text
-    assert output[0, : clean.prompt_length + 2].tolist() == clean.output[0, :-3].tolist()
-    assert no_hooks(llm._module)
+    assert not torch.equal(expected.output, unedited.output)  # the edit changes the text
+    assert output[0, : unedited.prompt_length + 2].tolist() == unedited.output[0, :-3].tolist()
+    assert clean(llm._module)
 
 
 def test_walkthrough_tracer_all(llm, hf, tokenizer, capsys):
@@ -358,7 +354,7 @@ def test_generator_output_after_next(llm, plain3):
 # steps that never happen ----------------------------------------------------------------------
 
 
-def test_steps_after_eos_are_skipped_with_a_warning(llm, hf, tokenizer, plain3):
+def test_steps_after_eos_are_skipped_with_a_warning(llm, hf, tokenizer, plain3, clean):
     first = plain3.new_tokens[0]
     stopped = Plain(hf, tokenizer, PROMPT, 5, eos_token_id=first)
     assert stopped.new_tokens == [first]  # generation really ends after one step
@@ -373,7 +369,7 @@ def test_steps_after_eos_are_skipped_with_a_warning(llm, hf, tokenizer, plain3):
 
     assert [int(t) for t in tokens] == [first]
     assert lengths == [plain3.prompt_length]
-    assert no_hooks(llm._module)
+    assert clean(llm._module)
 
 
 def test_tracer_all_after_eos_is_skipped_with_a_warning(llm, plain3):
@@ -391,7 +387,7 @@ def test_tracer_all_after_eos_is_skipped_with_a_warning(llm, plain3):
     assert output.shape == (1, plain3.prompt_length + 1)
 
 
-def test_explicit_steps_that_never_happen_are_skipped_with_a_warning(llm, plain3):
+def test_explicit_steps_that_never_happen_are_skipped_with_a_warning(llm, plain3, clean):
     first = plain3.new_tokens[0]
     with pytest.warns(nnsight.StepsSkippedWarning, match="step 1"):
         with llm.generate(PROMPT, max_new_tokens=5, eos_token_id=first) as tracer:
@@ -399,17 +395,17 @@ def test_explicit_steps_that_never_happen_are_skipped_with_a_warning(llm, plain3
             with tracer.iter[0:3]:
                 tokens.append(llm.lm_head.output[0, -1].argmax(dim=-1))
     assert [int(t) for t in tokens] == [first]
-    assert no_hooks(llm._module)
+    assert clean(llm._module)
 
 
-def test_iter_all_without_max_new_tokens(llm, hf, plain3):
+def test_iter_all_without_max_new_tokens(llm, hf, plain3, clean):
     default = hf.generation_config.max_new_tokens
     if default is None:
         with pytest.raises(nnsight.GraphBuildError, match="max_new_tokens"):
             with llm.generate(PROMPT) as tracer:
                 with tracer.iter[:]:
                     llm.lm_head.output.save()
-        assert no_hooks(llm._module)
+        assert clean(llm._module)
         # explicit steps need no limit (transformers warns that it uses its default length)
         with pytest.warns(UserWarning, match="max_length"):
             with llm.generate(PROMPT) as tracer:

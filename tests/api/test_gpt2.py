@@ -77,11 +77,7 @@ def plain_run(hf, ids, zero_block=None):
     return logits, blocks
 
 
-def no_hooks(hf):
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in hf.modules())
-
-
-def test_block_outputs_equal_plain_hooks(model, hf, ids):
+def test_block_outputs_equal_plain_hooks(model, hf, ids, clean):
     with model.trace(ids):
         first = model.transformer.h[0].output.save()
         last = model.transformer.h[-1].output.save()
@@ -90,7 +86,7 @@ def test_block_outputs_equal_plain_hooks(model, hf, ids):
     assert torch.allclose(hidden(first), blocks[0], atol=ATOL)
     assert torch.allclose(hidden(last), blocks[1], atol=ATOL)
     assert not torch.allclose(hidden(first), hidden(last))
-    assert no_hooks(hf)
+    assert clean(hf)
 
 
 def test_block_output_equals_transformers_hidden_states(model, hf, ids):
@@ -139,7 +135,7 @@ def test_attention_output(model, hf, ids):
     assert torch.allclose(hidden(attention), seen[0], atol=ATOL)
 
 
-def test_zeroing_a_block_output_matches_a_plain_hook(model, hf, ids):
+def test_zeroing_a_block_output_matches_a_plain_hook(model, hf, ids, clean):
     if block_returns_tuple(hf, ids):
         with model.trace(ids):
             model.transformer.h[0].output[0][:] = 0
@@ -156,7 +152,7 @@ def test_zeroing_a_block_output_matches_a_plain_hook(model, hf, ids):
     assert torch.count_nonzero(hidden(zeroed)) == 0
     assert torch.allclose(logits, expected, atol=ATOL)
     assert not torch.allclose(logits, clean_logits, atol=ATOL)
-    assert no_hooks(hf)
+    assert clean(hf)
 
 
 def test_two_invokes_run_as_one_batch(model, hf, ids2):
@@ -235,7 +231,7 @@ def test_prompt_less_invoke_sees_the_whole_batch(model, hf, ids2):
     assert torch.allclose(logits, expected_logits, atol=ATOL)
 
 
-def test_hooks_only_on_touched_modules_and_none_after(model, hf, ids):
+def test_hooks_only_on_touched_modules_and_none_after(model, hf, ids, clean):
     forward_hooked: set[int] = set()  # modules that had hooks of their own while they ran
     pre_hooked: set[int] = set()
 
@@ -258,16 +254,17 @@ def test_hooks_only_on_touched_modules_and_none_after(model, hf, ids):
             blocks = hf.transformer.h
             assert forward_hooked == {id(blocks[1]), id(hf.lm_head)}
             assert pre_hooked == {id(blocks[0])}
-            assert no_hooks(hf)
+            assert clean(hf, ignore=[watch])  # only the watcher is left, and it is global
     finally:
         watch.remove()
+    assert clean(hf)
 
     with torch.no_grad():
         embeddings = hf.transformer.wte(ids) + hf.transformer.wpe(torch.arange(8))
     assert torch.allclose(block_input, embeddings, atol=ATOL)
 
 
-def test_invokes_of_different_lengths_cannot_be_batched(model, hf, ids):
+def test_invokes_of_different_lengths_cannot_be_batched(model, hf, ids, clean):
     with pytest.raises(nnsight.BatchError, match="shape"):
         with model.trace() as tracer:
             with tracer.invoke(ids):
@@ -275,7 +272,7 @@ def test_invokes_of_different_lengths_cannot_be_batched(model, hf, ids):
             with tracer.invoke(ids[:, :5]):
                 model.lm_head.output.save()
 
-    assert no_hooks(hf)
+    assert clean(hf)
     with model.trace(ids):
         logits = model.lm_head.output.save()
     assert torch.allclose(logits, plain_run(hf, ids)[0], atol=ATOL)

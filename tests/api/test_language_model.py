@@ -43,10 +43,6 @@ def plain(hf, ids, zero_block=None):
     return logits[0], seen["last"][0]
 
 
-def no_hooks(module: torch.nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
-
-
 def device_types(model) -> set[str]:
     return {p.device.type for p in model.parameters()}
 
@@ -91,7 +87,7 @@ def test_dispatch_loads_a_lazy_model_once(path):
     assert lazy.tokenizer.decode(logits[0, -1].argmax()) == " Rome"
 
 
-def test_an_already_built_model_with_a_tokenizer(path, hf):
+def test_an_already_built_model_with_a_tokenizer(path, hf, clean):
     built = transformers.GPT2LMHeadModel.from_pretrained(path).eval()
     tok = transformers.AutoTokenizer.from_pretrained(path)
     wrapped = LanguageModel(built, tokenizer=tok)
@@ -104,7 +100,7 @@ def test_an_already_built_model_with_a_tokenizer(path, hf):
     expected, _ = plain(hf, ids_of(tok, BUCKINGHAM))
     assert torch.allclose(logits[0], expected, atol=ATOL)
     assert tok.decode(logits[0, -1].argmax()) == " London"
-    assert no_hooks(built)
+    assert clean(built)
 
 
 def test_tokenizer_and_config(llm, hf, tokenizer):
@@ -130,7 +126,7 @@ def test_print_shows_the_module_tree(llm, capsys):
 # the walkthrough's cells ---------------------------------------------------------------------
 
 
-def test_walkthrough_trace_hidden_states_and_predicted_token(llm, hf, tokenizer, capsys):
+def test_walkthrough_trace_hidden_states_and_predicted_token(llm, hf, tokenizer, capsys, clean):
     with llm.trace("The Eiffel Tower is in the city of"):
         hidden_states = llm.transformer.h[-1].output[0].save()
         logits = llm.lm_head.output.save()
@@ -145,7 +141,7 @@ def test_walkthrough_trace_hidden_states_and_predicted_token(llm, hf, tokenizer,
     expected_logits, expected_states = plain(hf, ids_of(tokenizer, EIFFEL))
     assert torch.allclose(hidden_states, expected_states, atol=ATOL)
     assert torch.allclose(logits[0], expected_logits, atol=ATOL)
-    assert no_hooks(llm._module)
+    assert clean(llm._module)
 
 
 @pytest.mark.parametrize(
@@ -287,13 +283,13 @@ def test_keyword_inputs_to_trace(llm, hf, tokenizer):
     ],
     ids=["dict without input_ids", "int", "empty list"],
 )
-def test_bad_input_raises_a_batch_error(llm, value, match):
+def test_bad_input_raises_a_batch_error(llm, value, match, clean):
     with pytest.raises(nnsight.BatchError, match=match) as info:
         with llm.trace(value):
             llm.lm_head.output.save()
     message = str(info.value)
     assert "string" in message and "tokenizer output" in message  # says what would work
-    assert no_hooks(llm._module)
+    assert clean(llm._module)
 
 
 def test_bad_input_in_an_invoke_raises_a_batch_error(llm):
@@ -373,7 +369,7 @@ def test_padded_batch_equals_the_prompts_alone_through_the_wrapper(llm):
     assert torch.allclose(long_logits[0, -1], alone[LONG], atol=ATOL)
 
 
-def test_a_write_in_one_invoke_leaves_the_other_invoke_alone(llm, hf, tokenizer):
+def test_a_write_in_one_invoke_leaves_the_other_invoke_alone(llm, hf, tokenizer, clean):
     with llm.trace() as tracer:
         with tracer.invoke(SHORT):
             llm.transformer.h[1].output[:] = 0
@@ -391,7 +387,7 @@ def test_a_write_in_one_invoke_leaves_the_other_invoke_alone(llm, hf, tokenizer)
     assert torch.allclose(untouched[0], expected_untouched, atol=ATOL)
     assert torch.count_nonzero(untouched_states) > 0
     assert llm.tokenizer.decode(untouched[0, -1].argmax()) == " Paris"
-    assert no_hooks(llm._module)
+    assert clean(llm._module)
 
 
 def test_a_prompt_less_invoke_sees_the_whole_padded_batch(llm, hf, tokenizer):

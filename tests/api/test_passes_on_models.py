@@ -1,7 +1,6 @@
 """The optimizing passes on real models: every recorded trace gives the same saved values with
 the full pipeline as with validation only (and as the executor on the recorded graph)."""
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +14,6 @@ from nnsight_graph.ir import Graph, Node, Op, ref
 from nnsight_graph.passes import VALIDATION, run_passes
 
 transformers = pytest.importorskip("transformers")
-
-
-def make_net() -> torch.nn.Sequential:
-    """The walkthrough's 2-layer net, seeded (the same weights every time)."""
-    torch.manual_seed(0)
-    layers = OrderedDict(layer1=torch.nn.Linear(5, 10), layer2=torch.nn.Linear(10, 2))
-    return torch.nn.Sequential(layers).requires_grad_(False)
 
 
 def validate_only(graph: Graph, facts: Any = None, debug: bool = False) -> Graph:
@@ -96,7 +88,7 @@ def repeated_reads(model: nnsight.NNsight, x: torch.Tensor) -> tuple[dict[str, A
     return {"total": total, "double": double, "width": width, "out": out}, tracer.graph
 
 
-def test_repeated_reads_are_merged_with_the_same_results(monkeypatch, inputs):
+def test_repeated_reads_are_merged_with_the_same_results(monkeypatch, inputs, make_net):
     values, graph = check(repeated_reads, make_net, inputs, monkeypatch)
     optimized = run_passes(graph, None, debug=True)
     reads = [n for n in optimized.nodes if n.op is Op.READ and n.target == "layer1.output"]
@@ -119,7 +111,7 @@ def edit_between_reads(model: nnsight.NNsight, x: torch.Tensor) -> tuple[dict[st
     return names, tracer.graph
 
 
-def test_reads_around_an_in_place_edit_see_different_values(monkeypatch, inputs):
+def test_reads_around_an_in_place_edit_see_different_values(monkeypatch, inputs, make_net):
     values, _ = check(edit_between_reads, make_net, inputs, monkeypatch)
     assert not torch.equal(values["before"], values["after"])
     assert torch.equal(values["after"][:, 0], torch.zeros(3))
@@ -136,14 +128,14 @@ def constant_arithmetic(model: nnsight.NNsight, x: torch.Tensor) -> tuple[dict[s
     return {"scaled": scaled, "rows": rows, "out": out}, tracer.graph
 
 
-def test_constant_arithmetic_gives_the_same_results(monkeypatch, inputs):
+def test_constant_arithmetic_gives_the_same_results(monkeypatch, inputs, make_net):
     values, _ = check(constant_arithmetic, make_net, inputs, monkeypatch)
     net = make_net()
     assert values["rows"] == 12
     assert torch.allclose(values["out"], net.layer2(net.layer1(inputs) * 6))
 
 
-def test_constants_folded_in_a_recorded_graph_give_the_same_results(inputs):
+def test_constants_folded_in_a_recorded_graph_give_the_same_results(inputs, make_net):
     model = nnsight.NNsight(make_net())
     with model.trace(inputs) as tracer:
         scaled = (model.layer1.output * 6).save()
@@ -176,7 +168,7 @@ def random_values(model: nnsight.NNsight, x: torch.Tensor) -> tuple[dict[str, An
     return names, tracer.graph
 
 
-def test_random_calls_are_not_merged_and_draw_the_same_values(monkeypatch, inputs):
+def test_random_calls_are_not_merged_and_draw_the_same_values(monkeypatch, inputs, make_net):
     values, graph = check(random_values, make_net, inputs, monkeypatch)
     assert values["first"].shape == values["second"].shape == (3, 10)
     assert not torch.equal(values["first"], values["second"])
@@ -184,7 +176,7 @@ def test_random_calls_are_not_merged_and_draw_the_same_values(monkeypatch, input
     assert sum(n.target == "torch.randn_like" for n in optimized.nodes) == 4
 
 
-def test_a_traced_list_changed_in_place_keeps_the_change(model, x):
+def test_a_traced_list_changed_in_place_keeps_the_change(model, x, make_net):
     with model.trace(x):
         values = model.layer2.output[0].tolist()
         values.append(123.0)
@@ -203,7 +195,7 @@ def two_invokes(model: nnsight.NNsight, x: torch.Tensor) -> tuple[dict[str, Any]
     return {"a": a, "b": b, "out": out}, tracer.graph
 
 
-def test_repeats_inside_each_invoke_are_merged_with_the_same_results(monkeypatch, inputs):
+def test_repeats_inside_each_invoke_are_merged_with_the_same_results(monkeypatch, inputs, make_net):
     values, graph = check(two_invokes, make_net, inputs, monkeypatch)
     optimized = run_passes(graph, None, debug=True)
     assert sorted(n.invoke for n in optimized.nodes if n.op is Op.READ) == [0, 1, 1]

@@ -8,10 +8,6 @@ import nnsight_graph as nnsight
 PROMPT = "The Eiffel Tower is in the city of"
 
 
-def _clean(module):
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
-
-
 def _calls(module):
     calls = []
     handle = module.register_forward_hook(lambda *args: calls.append(1))
@@ -35,7 +31,7 @@ def _plain_outputs(llm, prompt, paths):
     return outputs, logits
 
 
-def test_cache_every_module(llm):
+def test_cache_every_module(llm, clean):
     with llm.trace(PROMPT) as tracer:
         cache = tracer.cache()
     expected, _ = _plain_outputs(llm, PROMPT, ["transformer.h.0", "lm_head"])
@@ -43,7 +39,7 @@ def test_cache_every_module(llm):
     assert cache.model.transformer.h[0].output is cache["model.transformer.h.0"].output
     assert torch.allclose(cache.model.lm_head.output, expected["lm_head"])
     assert "model.transformer.h.3.mlp" in cache
-    assert _clean(llm._module)
+    assert clean(llm._module)
 
 
 def test_cache_selected_modules_with_inputs(llm):
@@ -85,7 +81,7 @@ def test_barrier_transplants_embeddings_between_invokes(llm):
     assert out.shape[0] == 1
 
 
-def test_barrier_with_the_wrong_participant_count_is_an_error_not_a_hang(llm):
+def test_barrier_with_the_wrong_participant_count_is_an_error_not_a_hang(llm, clean):
     with pytest.raises(nnsight.GraphBuildError, match=r"barrier\(3\).*2 invoke"):
         with llm.trace() as tracer:
             barrier = tracer.barrier(3)
@@ -93,7 +89,7 @@ def test_barrier_with_the_wrong_participant_count_is_an_error_not_a_hang(llm):
                 barrier()
             with tracer.invoke("Hello"):
                 barrier()
-    assert _clean(llm._module)
+    assert clean(llm._module)
 
 
 def test_result_is_the_model_output(llm):
@@ -128,7 +124,7 @@ def test_skip_after_reading_the_output_is_an_error(llm):
             llm.transformer.h[1].skip(out)
 
 
-def test_stop_ends_the_run_and_keeps_what_was_saved(llm):
+def test_stop_ends_the_run_and_keeps_what_was_saved(llm, clean):
     calls, handle = _calls(llm._module.lm_head)
     later, later_handle = _calls(llm._module.transformer.h[2])
     try:
@@ -142,7 +138,7 @@ def test_stop_ends_the_run_and_keeps_what_was_saved(llm):
     assert calls == [] and later == []  # nothing after the stop point ran
     assert layer0.shape == (1, 128)
     assert "never" not in locals() or isinstance(never, nnsight.saving.Unsaved)
-    assert _clean(llm._module)
+    assert clean(llm._module)
 
 
 def test_calling_a_module_inside_a_trace_is_not_one_of_its_steps(llm):

@@ -7,16 +7,7 @@ import torch
 from nnsight_graph.backends.hooks import RunHooks
 
 
-def hook_dicts_empty(module: torch.nn.Module) -> bool:
-    return not (
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._forward_pre_hooks_with_kwargs
-        or module._forward_hooks_with_kwargs
-    )
-
-
-def test_hooks_see_and_change_values_then_leave_nothing_behind():
+def test_hooks_see_and_change_values_then_leave_nothing_behind(clean):
     torch.manual_seed(0)
     linear = torch.nn.Linear(3, 2)
     x = torch.rand(1, 3)
@@ -28,11 +19,11 @@ def test_hooks_see_and_change_values_then_leave_nothing_behind():
     assert torch.equal(seen[0], x * 2)  # the post-hook sees the input the pre-hook made
     assert torch.allclose(out, torch.nn.functional.linear(x * 2, linear.weight, linear.bias) + 1)
     hooks.remove()
-    assert hook_dicts_empty(linear)
+    assert clean(linear)
     assert torch.equal(linear(x), torch.nn.functional.linear(x, linear.weight, linear.bias))
 
 
-def test_user_hooks_stay_and_run_in_registration_order():
+def test_user_hooks_stay_and_run_in_registration_order(clean):
     linear = torch.nn.Linear(3, 2)
     calls = []
     user = linear.register_forward_hook(lambda m, a, o: calls.append("user"))
@@ -47,10 +38,10 @@ def test_user_hooks_stay_and_run_in_registration_order():
     assert calls == ["user", "later"]
     user.remove()
     later.remove()
-    assert hook_dicts_empty(linear)
+    assert clean(linear)
 
 
-def test_two_runs_hooks_on_one_module_are_independent():
+def test_two_runs_hooks_on_one_module_are_independent(clean):
     linear = torch.nn.Linear(3, 2)
     first, second = RunHooks(), RunHooks()
     first.add_post(linear, lambda m, a, o: o * 0)
@@ -59,10 +50,10 @@ def test_two_runs_hooks_on_one_module_are_independent():
     first.remove()
     assert len(linear._forward_hooks) == 1
     second.remove()
-    assert hook_dicts_empty(linear)
+    assert clean(linear)
 
 
-def test_a_failing_trace_leaves_no_hook_dicts_behind():
+def test_a_failing_trace_leaves_no_hook_dicts_behind(clean):
     from collections import OrderedDict
 
     import pytest
@@ -77,4 +68,4 @@ def test_a_failing_trace_leaves_no_hook_dicts_behind():
         with model.trace(torch.rand(1, 5)):
             model.layer1.input[:, 9] = 0  # the input is 5 wide
             model.layer2.output.save()
-    assert all(hook_dicts_empty(m) for m in net.modules())
+    assert clean(net)

@@ -33,16 +33,12 @@ def _net() -> torch.nn.Module:
     return net.requires_grad_(False)
 
 
-def _clean(net: torch.nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
-
-
 def _run(net, nodes, x, invokes=None):
     graph = Graph(nodes=nodes, constants=[], invokes=invokes or [Invoke(0, (), {}, 0, None)])
     return execute_graph(graph, net, lambda: net(x), x.shape[0])
 
 
-def test_hooks_only_on_touched_modules(monkeypatch):
+def test_hooks_only_on_touched_modules(monkeypatch, clean):
     net = _net()
     hooked = []  # modules that carried a forward hook of their own while they ran
 
@@ -58,7 +54,7 @@ def test_hooks_only_on_touched_modules(monkeypatch):
         watch.remove()
     assert hooked == [net.layer2]
     assert torch.equal(saved[0], net(x))
-    assert _clean(net)
+    assert clean(net)
 
 
 def test_invokes_see_their_rows_and_write_only_their_rows():
@@ -80,7 +76,7 @@ def test_invokes_see_their_rows_and_write_only_their_rows():
     assert torch.allclose(saved[4], expected)
 
 
-def test_out_of_order_is_raised_at_run_time_and_hooks_are_removed():
+def test_out_of_order_is_raised_at_run_time_and_hooks_are_removed(clean):
     net = _net()
     nodes = [
         Node(0, Op.READ, "layer2.output", loc=SourceLoc("/x/demo.py", 1)),
@@ -89,18 +85,18 @@ def test_out_of_order_is_raised_at_run_time_and_hooks_are_removed():
     ]
     with pytest.raises(OutOfOrderError, match=r"model.layer1.output.*demo.py:2.*layer2.output"):
         _run(net, nodes, torch.rand(1, 5))
-    assert _clean(net)
+    assert clean(net)
 
 
-def test_module_never_called():
+def test_module_never_called(clean):
     net = _net()
     nodes = [Node(0, Op.READ, "unused.output", loc=LOC), Node(1, Op.SAVE, "", (Ref(0),))]
     with pytest.raises(ModuleNotCalledError, match=r"model.unused.output.*demo.py:7"):
         _run(net, nodes, torch.rand(1, 5))
-    assert _clean(net)
+    assert clean(net)
 
 
-def test_errors_keep_their_type_and_name_the_line():
+def test_errors_keep_their_type_and_name_the_line(clean):
     net = _net()
     nodes = [
         Node(0, Op.READ, "layer1.output", loc=LOC),
@@ -109,7 +105,7 @@ def test_errors_keep_their_type_and_name_the_line():
     with pytest.raises(IndexError) as caught:
         _run(net, nodes, torch.rand(1, 5))
     assert any("demo.py:7" in note for note in caught.value.__notes__)
-    assert _clean(net)
+    assert clean(net)
 
 
 def test_input_write_replaces_the_first_argument():

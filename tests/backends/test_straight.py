@@ -3,7 +3,6 @@ errors as the general executor; which plans it refuses; values freed at their la
 
 import dataclasses
 import importlib
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,6 @@ from nnsight_graph.backends.straight import StraightPlan, StraightRun
 from nnsight_graph.ir import Graph, Invoke, Node, Op, Ref
 
 model_module = importlib.import_module("nnsight_graph.model")  # where the API calls execute()
-
-
-def make_net() -> torch.nn.Sequential:
-    """The walkthrough's two-layer net, seeded."""
-    torch.manual_seed(0)
-    layers = OrderedDict([("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))])
-    return torch.nn.Sequential(layers).requires_grad_(False)
 
 
 class WithUnused(torch.nn.Module):
@@ -56,16 +48,6 @@ class Twice(torch.nn.Module):
 
 
 @pytest.fixture
-def net() -> torch.nn.Sequential:
-    return make_net()
-
-
-@pytest.fixture
-def model(net: torch.nn.Sequential) -> nnsight.NNsight:
-    return nnsight.NNsight(net)
-
-
-@pytest.fixture
 def x() -> torch.Tensor:
     return torch.rand((2, 5), generator=torch.Generator().manual_seed(1))
 
@@ -76,13 +58,6 @@ def llm() -> nnsight.LanguageModel:
     from nnsight_graph.models import tiny_gpt2_path
 
     return nnsight.LanguageModel(tiny_gpt2_path(), dispatch=True)
-
-
-def no_hooks_left(root: torch.nn.Module) -> bool:
-    return all(
-        not m._forward_hooks and not m._forward_pre_hooks and not m._forward_pre_hooks_with_kwargs
-        for m in root.modules()
-    )
 
 
 def line_of(marker: str) -> str:
@@ -358,7 +333,7 @@ def test_gpt2_gives_the_same_results_with_both_executors(body, llm, executors):
     executors.compare(llm, body(llm))
 
 
-def test_a_normal_trace_goes_through_execute_straight(net, model, x, executors):
+def test_a_normal_trace_goes_through_execute_straight(net, model, x, executors, clean):
     with model.trace(x):
         model.layer1.output[:, 1] = 0
         out = model.output.save()
@@ -372,7 +347,7 @@ def test_a_normal_trace_goes_through_execute_straight(net, model, x, executors):
         with tracer.invoke(x):
             model.layer2.output.save()
     assert executors.straight_runs == 1
-    assert no_hooks_left(net)
+    assert clean(net)
 
 
 def test_an_invoke_over_part_of_the_batch_goes_to_the_general_executor(net, executors):
@@ -561,7 +536,7 @@ def bad_index(model, x):
     ],
     ids=["out_of_order", "never_called", "never_called_first", "bad_index"],
 )
-def test_errors_are_the_same_and_leave_no_hooks(body, error_type, match, x, executors):
+def test_errors_are_the_same_and_leave_no_hooks(body, error_type, match, x, executors, clean):
     # a fresh model each time: once it has run, validation would catch some of these first
     errors = []
     for general in (False, True):
@@ -569,7 +544,7 @@ def test_errors_are_the_same_and_leave_no_hooks(body, error_type, match, x, exec
         model = nnsight.NNsight(net)
         error = executors.error(lambda model=model: body(model, x), general)
         assert isinstance(error, error_type) and match in str(error)
-        assert no_hooks_left(net)
+        assert clean(net)
         with model.trace(x):  # the next trace works
             out = model.output.save()
         assert torch.equal(out, net(x))
@@ -590,7 +565,7 @@ def test_an_error_in_intervention_code_names_the_line_on_the_straight_path(x, ex
 
 
 @pytest.mark.parametrize("debug", [True, False])
-def test_errors_match_when_executed_directly(debug, net):
+def test_errors_match_when_executed_directly(debug, net, clean):
     x = torch.rand(2, 5)
     nodes = [
         Node(0, Op.READ, "layer1.output"),
@@ -604,7 +579,7 @@ def test_errors_match_when_executed_directly(debug, net):
         with pytest.raises(IndexError) as caught:
             execute(each, [], net.get_submodule, lambda: net(x), 2, debug)
         errors.append(caught.value)
-        assert no_hooks_left(net)
+        assert clean(net)
     assert str(errors[0]) == str(errors[1])
     assert getattr(errors[0], "__notes__", []) == getattr(errors[1], "__notes__", [])
 

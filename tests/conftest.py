@@ -1,0 +1,66 @@
+"""Fixtures for every test directory: the walkthrough's tiny net and the no-hooks-left check."""
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import pytest
+import torch
+from torch.nn.modules import module as torch_module
+from torch.utils.hooks import RemovableHandle
+
+import nnsight_graph as nnsight
+
+# every dict a forward hook can sit in: a run puts its hooks straight into the module's own
+# dicts (backends/hooks.py), so all of them are looked at, not only the registered ones
+MODULE_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+GLOBAL_HOOK_DICTS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks_with_kwargs",
+    "_global_forward_hooks_always_called",
+)
+
+
+def no_hooks_left(root: torch.nn.Module, *, ignore: Iterable[RemovableHandle] = ()) -> bool:
+    """No module under `root` carries a forward hook, and none is registered globally except
+    the global hooks of the handles in `ignore` (a test's own watcher, still registered)."""
+    if any(getattr(module, name) for module in root.modules() for name in MODULE_HOOK_DICTS):
+        return False
+    allowed = {handle.id for handle in ignore}
+    return all(set(getattr(torch_module, name)) <= allowed for name in GLOBAL_HOOK_DICTS)
+
+
+@pytest.fixture
+def clean() -> Callable[..., bool]:
+    """`clean(root)`: whether no forward hook is left under `root` or registered globally;
+    `clean(root, ignore=[handle])` allows the global hook of that handle."""
+    return no_hooks_left
+
+
+def walkthrough_net() -> torch.nn.Sequential:
+    """The walkthrough's 2-layer net (section 1), seeded: the same weights every time."""
+    torch.manual_seed(0)
+    layers = OrderedDict([("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))])
+    return torch.nn.Sequential(layers).requires_grad_(False)
+
+
+@pytest.fixture
+def make_net() -> Callable[[], torch.nn.Sequential]:
+    """`make_net()`: a fresh walkthrough net, for tests that need more than one copy."""
+    return walkthrough_net
+
+
+@pytest.fixture
+def net() -> torch.nn.Sequential:
+    return walkthrough_net()
+
+
+@pytest.fixture
+def model(net: torch.nn.Sequential) -> nnsight.NNsight:
+    return nnsight.NNsight(net)
