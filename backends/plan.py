@@ -3,7 +3,7 @@ counts; and the cursors and site values a run moves through it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..ir import HOOKED, Const, Graph, Node, Op, Ref
@@ -51,7 +51,10 @@ class Plan:
     @classmethod
     def build(cls, graph: Graph) -> Plan:
         """Group the nodes by invoke, find the hook sites and count each value's uses."""
-        plan = cls(graph, invoke_nodes=[[] for _ in graph.invokes])
+        # the plan keeps the structure only: holding the constants (the inputs, values written
+        # into the model) would keep the first trace's tensors alive as long as the plan is cached
+        structure = replace(graph, constants=[])
+        plan = cls(structure, invoke_nodes=[[] for _ in graph.invokes])
         for node in graph.nodes:
             if node.op in HOOKED and node.target == GRAD:
                 tensor, backward = node.args[0].id, node.args[1].id

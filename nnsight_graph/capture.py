@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from .ir.errors import TraceCaptureError
-from .transform import transform_body
+from .transform import INTERNAL_PREFIX, transform_body
 
 BODY_NAME = "__nnsight_body__"
 NAMESPACE_ARG = "__nnsight_namespace__"
@@ -141,6 +141,8 @@ def _capture(statement: ast.With, file: str) -> CapturedBody:
         if isinstance(target, ast.Name):
             mutated.setdefault(target.id, None)
         if isinstance(node, ast.Name):
+            if node.id.startswith(INTERNAL_PREFIX):
+                continue  # the transform's own names are never read from or bound to the caller
             if isinstance(node.ctx, ast.Load):
                 loaded.add(node.id)
             else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 
+INTERNAL_PREFIX = "__nnsight_"  # the transform's helpers and temporaries: never the user's names
 SAVE_HELPER = "__nnsight_save__"
 STEPS_HELPER = "__nnsight_is_steps__"
 PROXY_HELPER = "__nnsight_is_proxy__"
@@ -53,7 +54,7 @@ class _StepBlocks(ast.NodeTransformer):
         if len(node.items) != 1:
             return node
         item = node.items[0]
-        name = f"__nnsight_context_{self.count}"
+        name = f"{INTERNAL_PREFIX}context_{self.count}"
         self.count += 1
         target = item.optional_vars or ast.Name(id="_", ctx=ast.Store())
         assign = ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=item.context_expr)
@@ -110,7 +111,7 @@ def _assigned(statements: list[ast.stmt]) -> list[str]:
             names.setdefault(node.name, None)
             continue
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            if not node.id.startswith("__nnsight_"):
+            if not node.id.startswith(INTERNAL_PREFIX):
                 names.setdefault(node.id, None)
         stack.extend(ast.iter_child_nodes(node))
     return sorted(names)
