@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ir import Const, Node, Ref
+from ..ir import Const, Node, Ref, map_args
 from ..ir.errors import ExecutionError, ModuleNotCalledError, OutOfOrderError
 from .plan import GRAD, RESULT
 
@@ -22,23 +22,12 @@ def arg_value(arg: Any, env: dict[int, Any], constants: list[Any]) -> Any:
 
     A Ref whose value is not in `env` raises KeyError with its id.
     """
-    if isinstance(arg, Ref):
+    kind = type(arg)
+    if kind is Ref:
         return env[arg.id]
-    if isinstance(arg, Const):
+    if kind is Const:
         return constants[arg.index]
-    if isinstance(arg, tuple):
-        return tuple(arg_value(a, env, constants) for a in arg)
-    if isinstance(arg, list):
-        return [arg_value(a, env, constants) for a in arg]
-    if isinstance(arg, dict):
-        return {k: arg_value(v, env, constants) for k, v in arg.items()}
-    if isinstance(arg, slice):
-        return slice(
-            arg_value(arg.start, env, constants),
-            arg_value(arg.stop, env, constants),
-            arg_value(arg.step, env, constants),
-        )
-    return arg
+    return map_args(arg, lambda leaf: env[leaf.id] if type(leaf) is Ref else constants[leaf.index])
 
 
 def project(full: Any, kind: str) -> Any:

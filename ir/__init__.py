@@ -19,7 +19,7 @@ from .errors import (
     WireFormatError,
 )
 from .graph import Graph, Invoke
-from .node import Const, Node, Ref, SourceLoc, const, ref, refs
+from .node import Const, Node, Ref, SourceLoc, const, map_args, ref, refs
 from .ops import EFFECTFUL, HOOKED, Op
 
 __all__ = [
@@ -48,5 +48,6 @@ __all__ = [
     "has_effect",
     "mutates",
     "ref",
+    "map_args",
     "refs",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -118,6 +118,22 @@ def _format(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k!r}: {_format(v)}" for k, v in value.items()) + "}"
     return repr(value)
+
+
+def map_args(value: Any, leaf: Callable[[Ref | Const], Any]) -> Any:
+    """`value` with each Ref and Const replaced by `leaf(it)`, however deeply nested in tuples,
+    lists, dicts and slices (those are rebuilt); anything else is kept as it is."""
+    if isinstance(value, (Ref, Const)):
+        return leaf(value)
+    if isinstance(value, tuple):
+        return tuple(map_args(v, leaf) for v in value)
+    if isinstance(value, list):
+        return [map_args(v, leaf) for v in value]
+    if isinstance(value, dict):
+        return {k: map_args(v, leaf) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(*(map_args(v, leaf) for v in (value.start, value.stop, value.step)))
+    return value
 
 
 def refs(value: Any) -> Iterator[Ref]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .ir import Const, Graph, Ref, ref
+from .ir import Graph, Ref, const, map_args, ref
 
 
 def with_edits(edits: list[Graph], graph: Graph) -> Graph:
@@ -51,16 +51,9 @@ def with_edits(edits: list[Graph], graph: Graph) -> Graph:
 
 
 def _renumber(value: Any, shift: int, offset: int) -> Any:
-    if isinstance(value, Ref):
-        return ref(value.id + shift)
-    if isinstance(value, Const):
-        return Const(value.index + offset)
-    if isinstance(value, tuple):
-        return tuple(_renumber(v, shift, offset) for v in value)
-    if isinstance(value, list):
-        return [_renumber(v, shift, offset) for v in value]
-    if isinstance(value, dict):
-        return {k: _renumber(v, shift, offset) for k, v in value.items()}
-    if isinstance(value, slice):
-        return slice(*(_renumber(v, shift, offset) for v in (value.start, value.stop, value.step)))
-    return value
+    """An edit's argument with its node ids moved by `shift` and its constants by `offset`."""
+
+    def move(leaf: Any) -> Any:
+        return ref(leaf.id + shift) if type(leaf) is Ref else const(leaf.index + offset)
+
+    return map_args(value, move)

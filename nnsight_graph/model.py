@@ -15,7 +15,7 @@ from .backends.observe import observed
 from .config import CONFIG
 from .editing import with_edits
 from .envoy import Envoy
-from .ir import BatchError, Const, Graph, Invoke, NNsightError, Node, Op
+from .ir import BatchError, Const, Graph, Invoke, NNsightError, Node, Op, map_args
 from .passes import ModelFacts, run_passes
 from .session import Session
 from .tracer import Tracer
@@ -228,12 +228,5 @@ def _fake_tensors() -> Any:
 
 
 def _decode(value: Any, constants: list[Any]) -> Any:
-    if isinstance(value, Const):
-        return constants[value.index]
-    if isinstance(value, tuple):
-        return tuple(_decode(v, constants) for v in value)
-    if isinstance(value, list):
-        return [_decode(v, constants) for v in value]
-    if isinstance(value, dict):
-        return {k: _decode(v, constants) for k, v in value.items()}
-    return value
+    """A recorded call argument with its Consts replaced by their objects."""
+    return map_args(value, lambda leaf: constants[leaf.index] if type(leaf) is Const else leaf)
