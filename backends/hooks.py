@@ -14,6 +14,10 @@ from typing import Any
 
 import torch
 
+from .plan import INPUT, OUTPUT, Site
+
+Fire = Callable[[Site, Any], Any]  # an executor's `fire(site, value)`: returns the value to pass on
+
 
 class RunHooks:
     """The forward hooks of one run; `remove()` takes every one of them out."""
@@ -22,6 +26,21 @@ class RunHooks:
 
     def __init__(self) -> None:
         self.modules: list[torch.nn.Module] = []
+
+    def attach(
+        self,
+        modules: dict[str, set[str]],
+        module_at: Callable[[str], torch.nn.Module],
+        fire: Fire,
+    ) -> None:
+        """Hooks on each module of `modules` (path -> "input"/"output" kinds) that call
+        `fire((path, kind), value)` and pass on the value it returns."""
+        for path, kinds in modules.items():
+            module = module_at(path)  # looked up each run: submodules can be replaced
+            if INPUT in kinds:
+                self.add_pre(module, _pre_hook((path, INPUT), fire))
+            if OUTPUT in kinds:
+                self.add_post(module, _post_hook((path, OUTPUT), fire))
 
     def add_pre(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
         """`hook(module, args, kwargs)` before the module's forward; may return (args, kwargs)."""
@@ -40,3 +59,20 @@ class RunHooks:
             module._forward_pre_hooks_with_kwargs.pop(self, None)
             module._forward_hooks.pop(self, None)
         self.modules.clear()
+
+
+def _pre_hook(site: Site, fire: Fire) -> Callable[..., Any]:
+    def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
+        value = (args, kwargs)
+        new = fire(site, value)
+        return None if new is value else new  # None: torch keeps the arguments it has
+
+    return hook
+
+
+def _post_hook(site: Site, fire: Fire) -> Callable[..., Any]:
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        new = fire(site, output)
+        return None if new is output else new
+
+    return hook

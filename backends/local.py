@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
@@ -29,8 +28,6 @@ from .hooks import RunHooks
 from .plan import (
     _CONTROL,
     GRAD,
-    INPUT,
-    OUTPUT,
     RESULT,
     Cursor,
     Plan,
@@ -102,15 +99,6 @@ class Run(GradientSteps):
             for cache in self.plan.cached.get(site, ()):
                 self.cache[cache].setdefault(site, []).append(box.full)
         return box.full
-
-    def pre_hook(self, path: str, module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
-        value = (args, kwargs)
-        new = self.fire((path, INPUT), value)
-        return None if new is value else new
-
-    def post_hook(self, path: str, module: torch.nn.Module, args: Any, output: Any) -> Any:
-        new = self.fire((path, OUTPUT), output)
-        return None if new is output else new
 
     # cursors -----------------------------------------------------------------------------
 
@@ -393,12 +381,7 @@ def execute(
     run = Run(plan, constants, total_rows, debug)
     hooks = RunHooks()
     try:
-        for path, kinds in plan.modules.items():
-            module = module_at(path)  # looked up each run: submodules can be replaced
-            if INPUT in kinds:
-                hooks.add_pre(module, partial(run.pre_hook, path))
-            if OUTPUT in kinds:
-                hooks.add_post(module, partial(run.post_hook, path))
+        hooks.attach(plan.modules, module_at, run.fire)
         if plan.skips or plan.sources:
             sources = {path: module_at(path) for path in plan.sources}
             with (

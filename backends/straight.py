@@ -22,7 +22,7 @@ import torch
 from ..ir import Const, Node, Op, Ref
 from .apply import apply
 from .hooks import RunHooks
-from .plan import _CONTROL, GRAD, INPUT, OUTPUT, Site
+from .plan import _CONTROL, GRAD, Site
 from .values import arg_value, inject, not_called, out_of_order, project, with_location
 
 if TYPE_CHECKING:
@@ -123,12 +123,7 @@ def execute_straight(
     run = StraightRun(plan, constants, debug)
     hooks = RunHooks()
     try:
-        for path, kinds in plan.modules.items():
-            module = module_at(path)  # looked up each run: submodules can be replaced
-            if INPUT in kinds:
-                hooks.add_pre(module, run.pre_hook(path))
-            if OUTPUT in kinds:
-                hooks.add_post(module, run.post_hook(path))
+        hooks.attach(plan.modules, module_at, run.fire)
         if plan.before:
             run.run_steps(plan.before)
         call()
@@ -157,25 +152,6 @@ class StraightRun:
         self.fired: dict[Site, int] = {}  # how many times each hook site has fired
         self.next = 0  # the index of the next module access
         self.last: Node | None = None  # the last module access that ran
-
-    def pre_hook(self, path: str) -> Callable[..., Any]:
-        site = (path, INPUT)
-
-        def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
-            value = (args, kwargs)
-            new = self.fire(site, value)
-            return None if new is value else new
-
-        return hook
-
-    def post_hook(self, path: str) -> Callable[..., Any]:
-        site = (path, OUTPUT)
-
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
-            new = self.fire(site, output)
-            return None if new is output else new
-
-        return hook
 
     def fire(self, site: Site, value: Any) -> Any:
         """A hook site was reached: run the accesses due here; return the site's value."""
