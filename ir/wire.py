@@ -1,13 +1,13 @@
-"""The versioned wire format of a Graph: pydantic models, tensors as safetensors, zstd framing.
+"""Reading and writing a Graph as bytes: the JSON header, tensors as safetensors, zstd framing.
 
 A payload is one zstd frame (content size declared, checksummed) that holds a container::
 
     b"NNGRAPH1" | header length (8 bytes, little-endian) | JSON header | safetensors blob
 
-The header is a `GraphModel` as UTF-8 JSON. Tensor constants live in the safetensors blob under
-the names "c<index>". Loading never unpickles, imports or calls anything named by the payload:
-every value is rebuilt from the schema's closed set of types, and bad input raises
-WireFormatError.
+The header is a `GraphModel` (ir.wire_schema) as UTF-8 JSON. Tensor constants live in the
+safetensors blob under the names "c<index>". Loading never unpickles, imports or calls anything
+named by the payload: every value is rebuilt from the schema's closed set of types, and bad input
+raises WireFormatError.
 """
 
 from __future__ import annotations
@@ -17,17 +17,40 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from typing import Any
 
 from .errors import WireFormatError
 from .functions import UNSET
 from .graph import Graph, Invoke
 from .node import Const, Node, Ref, SourceLoc
 from .ops import Op
+from .wire_schema import (
+    SCHEMA_VERSION,
+    BoolArg,
+    BytesArg,
+    ComplexArg,
+    ConstArg,
+    DeviceConstant,
+    DictArg,
+    DtypeConstant,
+    EllipsisArg,
+    FloatArg,
+    GraphModel,
+    IntArg,
+    InvokeModel,
+    ListArg,
+    NodeModel,
+    NoneArg,
+    RefArg,
+    SizeConstant,
+    SliceArg,
+    StrArg,
+    TensorConstant,
+    TupleArg,
+    UnsetArg,
+    json_schema,
+)
 
-SCHEMA_VERSION = 1
 MAGIC = b"NNGRAPH1"
 DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB: the most a payload may decompress to unless told otherwise
 # JSON grows several-fold into Python objects, so the header has a bound of its own; a graph of
@@ -47,190 +70,6 @@ __all__ = [
     "loads",
     "save",
 ]
-
-
-# the schema ---------------------------------------------------------------------------------
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-Count = Annotated[StrictInt, Field(ge=0)]
-Number = StrictFloat | StrictInt | Literal["nan", "inf", "-inf"]  # JSON has no NaN or infinity
-
-
-class RefArg(_Model):
-    """The value of an earlier node."""
-
-    kind: Literal["ref"]
-    id: Count
-
-
-class ConstArg(_Model):
-    """An entry of the graph's constant table."""
-
-    kind: Literal["const"]
-    index: Count
-
-
-class NoneArg(_Model):
-    kind: Literal["none"]
-
-
-class EllipsisArg(_Model):
-    kind: Literal["ellipsis"]
-
-
-class UnsetArg(_Model):
-    kind: Literal["unset"]  # a variable not assigned on one path through `if proxy:`
-
-
-class BoolArg(_Model):
-    kind: Literal["bool"]
-    value: StrictBool
-
-
-class IntArg(_Model):
-    kind: Literal["int"]
-    value: StrictInt
-
-
-class FloatArg(_Model):
-    kind: Literal["float"]
-    value: Number
-
-
-class ComplexArg(_Model):
-    kind: Literal["complex"]
-    real: Number
-    imag: Number
-
-
-class StrArg(_Model):
-    kind: Literal["str"]
-    value: StrictStr
-
-
-class BytesArg(_Model):
-    """Bytes, base64-encoded."""
-
-    kind: Literal["bytes"]
-    base64: StrictStr
-
-
-class SliceArg(_Model):
-    kind: Literal["slice"]
-    start: Arg
-    stop: Arg
-    step: Arg
-
-
-class TupleArg(_Model):
-    kind: Literal["tuple"]
-    items: list[Arg]
-
-
-class ListArg(_Model):
-    kind: Literal["list"]
-    items: list[Arg]
-
-
-class DictArg(_Model):
-    kind: Literal["dict"]
-    items: dict[str, Arg]
-
-
-Primitive = (
-    NoneArg | EllipsisArg | UnsetArg | BoolArg | IntArg | FloatArg | ComplexArg | StrArg | BytesArg
-)
-Arg = Annotated[
-    RefArg | ConstArg | Primitive | SliceArg | TupleArg | ListArg | DictArg,
-    Field(discriminator="kind"),
-]
-
-
-class TensorConstant(_Model):
-    """A tensor, stored in the payload's safetensors blob under `name`."""
-
-    kind: Literal["tensor"]
-    name: StrictStr
-    requires_grad: StrictBool = False
-
-
-class DtypeConstant(_Model):
-    """A torch.dtype by name: "float32"."""
-
-    kind: Literal["dtype"]
-    name: StrictStr
-
-
-class DeviceConstant(_Model):
-    """A torch.device as its string: "cpu", "cuda:0"."""
-
-    kind: Literal["device"]
-    name: StrictStr
-
-
-class SizeConstant(_Model):
-    """A torch.Size."""
-
-    kind: Literal["size"]
-    dims: list[Count]
-
-
-Constant = Annotated[
-    TensorConstant | DtypeConstant | DeviceConstant | SizeConstant | Primitive,
-    Field(discriminator="kind"),
-]
-
-
-class SourceLocModel(_Model):
-    file: StrictStr
-    line: StrictInt
-
-
-class NodeModel(_Model):
-    """One Node. `op` is the opcode's wire name; `guard` the id of the guarding node."""
-
-    id: Count
-    op: Op
-    target: StrictStr = ""
-    args: list[Arg] = []
-    kwargs: dict[str, Arg] = {}
-    invoke: Annotated[StrictInt, Field(ge=-1)] = 0
-    step: Count = 0
-    loc: SourceLocModel | None = None
-    guard: Count | None = None
-
-
-class InvokeModel(_Model):
-    index: Count
-    args: list[Arg] = []
-    kwargs: dict[str, Arg] = {}
-    start: Count = 0
-    stop: Count | None = None
-
-
-class GraphModel(_Model):
-    """A whole Graph: what the JSON header of a payload holds."""
-
-    schema_version: StrictInt = SCHEMA_VERSION
-    nodes: list[NodeModel] = []
-    constants: list[Constant] = []
-    invokes: list[InvokeModel] = []
-    optional: list[Count] = []
-    method: StrictStr = "trace"
-    options: dict[str, Arg] = {}
-
-
-for _model in (SliceArg, TupleArg, ListArg, DictArg, NodeModel, InvokeModel, GraphModel):
-    _model.model_rebuild()
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON schema of a payload's header (pydantic's schema of GraphModel)."""
-    return GraphModel.model_json_schema()
 
 
 # Graph -> bytes -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from safetensors.torch import save as save_tensors
 
 from nnsight_graph import NNsight
 from nnsight_graph.ir import Const, Graph, Invoke, Node, Op, Ref, SourceLoc, WireFormatError
+from nnsight_graph.ir.functions import UNSET
 from nnsight_graph.ir.wire import MAGIC, SCHEMA_VERSION, dumps, json_schema, loads
 
 EMPTY_TENSORS = save_tensors({})
@@ -146,6 +147,48 @@ def test_json_schema_names_the_version():
         schema["properties"]
     )
     json.dumps(schema)  # plain JSON
+
+
+# the bytes of a payload -----------------------------------------------------------------------
+
+PINNED_HEADER = (
+    '{"schema_version":1,"nodes":[{"id":0,"op":"read","target":"layer1.output",'
+    '"loc":{"file":"demo.py","line":3}},{"id":1,"op":"call","target":"torch.mul",'
+    '"args":[{"kind":"ref","id":0},{"kind":"const","index":0}],'
+    '"kwargs":{"alpha":{"kind":"float","value":1.5}},"invoke":1,"step":2,"guard":0},'
+    '{"id":3,"op":"save","args":[{"kind":"slice","start":{"kind":"none"},'
+    '"stop":{"kind":"int","value":2},"step":{"kind":"none"}},{"kind":"tuple",'
+    '"items":[{"kind":"bool","value":true},{"kind":"list","items":[{"kind":"bytes",'
+    '"base64":"AA=="},{"kind":"float","value":"-inf"}]}]},{"kind":"dict",'
+    '"items":{"k":{"kind":"complex","real":0.0,"imag":1.0}}},{"kind":"ellipsis"},'
+    '{"kind":"str","value":"é"},{"kind":"unset"}]}],"constants":[{"kind":"tensor",'
+    '"name":"c0","requires_grad":true},{"kind":"dtype","name":"float16"},'
+    '{"kind":"device","name":"cuda:1"},{"kind":"size","dims":[2,3]},{"kind":"float",'
+    '"value":"nan"}],"invokes":[{"index":0,"args":[{"kind":"const","index":0}],'
+    '"kwargs":{},"start":0,"stop":1}],"optional":[3],"method":"generate",'
+    '"options":{"max_new_tokens":{"kind":"int","value":3}}}'
+).encode()
+
+
+def test_a_payload_holds_exactly_these_bytes():
+    """The container of a small graph with every kind of value, to the byte: the JSON header (key
+    order, separators, number forms), its length and the tensors' blob, in one checksummed zstd
+    frame that declares its size. A change here is a change of the wire format."""
+    nodes = [
+        Node(0, Op.READ, "layer1.output", loc=SourceLoc("demo.py", 3)),
+        Node(1, Op.CALL, "torch.mul", (Ref(0), Const(0)), {"alpha": 1.5}, 1, 2, None, Ref(0)),
+        Node(3, Op.SAVE, "", (slice(2), (True, [b"\x00", -math.inf]), {"k": 1j}, ..., "é", UNSET)),
+    ]
+    tensor = torch.arange(3.0).requires_grad_()
+    constants = [tensor, torch.float16, torch.device("cuda", 1), torch.Size([2, 3]), math.nan]
+    invokes = [Invoke(0, (Const(0),), {}, 0, 1)]
+    graph = Graph(nodes, constants, invokes, frozenset({3}), "generate", {"max_new_tokens": 3})
+    payload = dumps(graph)
+    length = len(PINNED_HEADER).to_bytes(8, "little")
+    blob = save_tensors({"c0": torch.arange(3.0)})
+    assert zstandard.ZstdDecompressor().decompress(payload) == MAGIC + length + PINNED_HEADER + blob
+    frame = zstandard.get_frame_parameters(payload)
+    assert frame.has_checksum and frame.content_size == 16 + len(PINNED_HEADER) + len(blob)
 
 
 # random graphs --------------------------------------------------------------------------------
