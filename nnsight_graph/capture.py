@@ -273,6 +273,34 @@ def run_body(run: Callable[[FrameType], None], frame: FrameType, skip: Any) -> N
         raise
 
 
+class CapturedBlock:
+    """A `with` block whose body is captured when it is entered and run when it exits.
+
+    `__enter__` calls `_capture()`; `__exit__` returns `_finish(exc_type, exc)`, which runs
+    `self._run(frame)` when the block ended as planned. Traces and sessions both work this way.
+    """
+
+    _frame: FrameType | None = None
+    _captured: CapturedBody | None = None
+
+    def _capture(self) -> None:
+        frame = sys._getframe(2)  # the frame executing the `with` statement
+        self._captured = begin(frame)
+        self._frame = frame
+
+    def _finish(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> bool:
+        frame, self._frame = self._frame, None
+        if frame is None or self._captured is None:
+            return False
+        if not end(frame, self._captured, exc_type):
+            return False
+        run_body(self._run, frame, exc)
+        return True
+
+    def _run(self, frame: FrameType) -> None:
+        raise NotImplementedError
+
+
 _previous_trace: list[Any] = []
 
 

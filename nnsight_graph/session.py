@@ -6,7 +6,6 @@ when the session ends, so a later trace can use any value of an earlier one, sav
 
 from __future__ import annotations
 
-import sys
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -26,21 +25,17 @@ def current() -> Session | None:
     return _SESSIONS[-1] if _SESSIONS else None
 
 
-class Session:
+class Session(capture.CapturedBlock):
     """Groups traces; they run in the order written when the `with` block ends."""
 
     def __init__(self, model: NNsight) -> None:
         self.model = model
         self.traces: list[Tracer] = []
-        self._frame: FrameType | None = None
-        self._captured: capture.CapturedBody | None = None
 
     def __enter__(self) -> Session:
         if _ACTIVE or _SESSIONS:
             raise GraphBuildError("a session cannot be opened inside a trace or another session")
-        frame = sys._getframe(1)
-        self._captured = capture.begin(frame)
-        self._frame = frame
+        self._capture()
         return self
 
     def __exit__(
@@ -49,24 +44,14 @@ class Session:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        frame, self._frame = self._frame, None
-        if frame is None or self._captured is None:
-            return False
-        if not capture.end(frame, self._captured, exc_type):
-            return False
-        capture.run_body(self._run, frame, exc)
-        return True
+        return self._finish(exc_type, exc)
 
     def _run(self, frame: FrameType) -> None:
-        from .tracer import _namespace
+        from .tracer import compiled_body  # the tracer module imports this one
 
         captured = self._captured
         assert captured is not None
-        local_vars, global_vars = frame.f_locals, frame.f_globals
-        namespace = _namespace(captured, local_vars, global_vars)
-        if captured.target is not None:
-            namespace[captured.target] = self
-        body = capture.compile_body(captured, tuple(namespace), global_vars)
+        body, namespace, local_vars = compiled_body(self, captured, frame)
         _SESSIONS.append(self)
         try:
             variables = body(namespace)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ class Invoker:
             self.tracer._recorder.close_invoke()
 
 
-class Tracer:
+class Tracer(capture.CapturedBlock):
     """Records the body of a `with model.trace(...)` block as a Graph, then runs it."""
 
     def __init__(
@@ -73,8 +73,6 @@ class Tracer:
     # sets only the ones it uses).
     graph: Graph | None = None
     _recorder: Recorder | None = None
-    _frame: FrameType | None = None
-    _captured: capture.CapturedBody | None = None
     _session: session.Session | None = None
     _recording: recording | None = None
 
@@ -152,9 +150,7 @@ class Tracer:
             )
         if session.current() is not None:
             return self._enter_in_session()
-        frame = sys._getframe(1)
-        self._captured = capture.begin(frame)
-        self._frame = frame
+        self._capture()
         return self
 
     def __exit__(
@@ -165,13 +161,7 @@ class Tracer:
     ) -> bool:
         if self._session is not None:
             return self._exit_in_session(exc_type)
-        frame, self._frame = self._frame, None
-        if frame is None or self._captured is None:
-            return False
-        if not capture.end(frame, self._captured, exc_type):
-            return False
-        capture.run_body(self._run, frame, exc)
-        return True
+        return self._finish(exc_type, exc)
 
     # inside model.session() ----------------------------------------------------------------
 
@@ -233,12 +223,8 @@ class Tracer:
     def _run(self, frame: FrameType) -> None:
         captured = self._captured
         assert captured is not None
-        local_vars = frame.f_locals  # read once: on a function frame each read copies
+        body, namespace, local_vars = compiled_body(self, captured, frame)
         global_vars = frame.f_globals
-        namespace = _namespace(captured, local_vars, global_vars)
-        if captured.target is not None:
-            namespace[captured.target] = self
-        body = capture.compile_body(captured, tuple(namespace), global_vars)
         recorder = self._recorder = Recorder()
         _ACTIVE.append(recorder)  # what `with recording(recorder):` does, without its calls
         try:
@@ -334,6 +320,18 @@ _HELPERS: dict[str, Any] = {
     transform.BRANCH_HELPER: conditions.Branch,
     transform.PRINT_HELPER: conditions.log,
 }
+
+
+def compiled_body(
+    block: capture.CapturedBlock, captured: capture.CapturedBody, frame: FrameType
+) -> tuple[Callable[[dict[str, Any]], dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The block's compiled body, the namespace to call it with (its `as` name bound to
+    `block`), and the caller's variables, read once: on a function frame each read copies."""
+    local_vars = frame.f_locals
+    namespace = _namespace(captured, local_vars, frame.f_globals)
+    if captured.target is not None:
+        namespace[captured.target] = block
+    return capture.compile_body(captured, tuple(namespace), frame.f_globals), namespace, local_vars
 
 
 def _namespace(
