@@ -42,13 +42,21 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
-from common import REPO_ROOT, fmt2, import_library, ratio, run_nnsight_subprocess, versions
+from common import (
+    REPO_ROOT,
+    RunResult,
+    fmt2,
+    import_library,
+    ratio,
+    run_nnsight_subprocess,
+    versions,
+)
 
 PROMPT = "The Eiffel Tower is in"
 NEW_TOKENS = 32
@@ -80,16 +88,6 @@ class CaseResult:
     tokens: list[int] | None = None  # the floor's 32 tokens
     floor_error: str | None = None
     trace_error: str | None = None
-
-
-@dataclass
-class RunResult:
-    """Everything one process measured."""
-
-    library: str
-    versions: dict[str, str]
-    cases: dict[str, CaseResult] = field(default_factory=dict)
-    import_error: str | None = None
 
 
 # --------------------------------------------------------------------------- trace body

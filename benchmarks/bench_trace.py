@@ -33,13 +33,13 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
-from common import fmt2, import_library, ratio, run_nnsight_subprocess, versions
+from common import RunResult, fmt2, import_library, ratio, run_nnsight_subprocess, versions
 
 GPT2_LAYERS = 12
 ROUNDS = 20  # timing rounds; the columns are interleaved round by round
@@ -77,16 +77,6 @@ class CaseResult:
     wrapped_raw_us: float | None = None
     trace_us: float | None = None
     trace_error: str | None = None
-
-
-@dataclass
-class RunResult:
-    """Everything one process measured."""
-
-    library: str
-    versions: dict[str, str]
-    cases: dict[str, CaseResult] = field(default_factory=dict)
-    import_error: str | None = None
 
 
 # --------------------------------------------------------------------------- trace bodies

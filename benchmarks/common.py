@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,6 +17,16 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = "/opt/nnsight-venv"
+
+
+@dataclass
+class RunResult:
+    """Everything one process measured: each case's result (a benchmark's own CaseResult)."""
+
+    library: str
+    versions: dict[str, str]
+    cases: dict[str, Any] = field(default_factory=dict)
+    import_error: str | None = None
 
 
 def import_library(name: str, required: str) -> tuple[ModuleType | None, str | None]:
