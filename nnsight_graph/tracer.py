@@ -291,6 +291,8 @@ def _resolve_attributes(
     """Replace Proxies the body stored as attributes (`self.out = ...`) by their values."""
     for name, attribute in captured.attribute_stores:
         owner = variables[name] if name in variables else global_vars.get(name)
+        if isinstance(owner, Proxy):
+            continue  # `h.grad = ...` on a traced value was recorded as a node, not stored
         value = getattr(owner, attribute, None)
         if isinstance(value, Proxy):
             setattr(owner, attribute, saving.resolve(f"{name}.{attribute}", value))

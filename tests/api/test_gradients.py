@@ -139,3 +139,23 @@ def test_grad_of_a_value_that_needs_no_grad(llm):
             loss = llm.lm_head.output.sum()
             with loss.backward():
                 constant.grad.save()
+
+
+def test_assigning_grad_replaces_it_for_the_layers_before(make_net):
+    """`h.grad = h.grad * 2` inside backward: the earlier layer's weights see twice the grad
+    (nnsight 0.8.1 gives the same); the assignment is a recorded node, not a Python attribute."""
+    net = make_net().requires_grad_(True)
+    model = nnsight.NNsight(net)
+    x = torch.rand(2, 5)
+    with model.trace(x):
+        hidden = model.layer1.output
+        loss = model.output.sum()
+        with loss.backward():
+            before = hidden.grad.clone().save()
+            hidden.grad = hidden.grad * 2
+            after = hidden.grad.save()
+    ours = net.layer1.weight.grad.clone()
+    net.zero_grad(set_to_none=True)
+    net(x).sum().backward()
+    assert torch.allclose(after, 2 * before)
+    assert torch.allclose(ours, 2 * net.layer1.weight.grad)
