@@ -22,7 +22,7 @@ from ..ir.errors import (
 from ..ir.functions import SKIPPED
 from .apply import apply
 from .batching import merge, narrow
-from .control import StopRun, skipped_modules
+from .control import SkipCall, StopRun, skipped_modules
 from .gradients import GradientSteps, gradient_work_end
 from .hooks import RunHooks
 from .plan import (
@@ -64,7 +64,7 @@ class Run(GradientSteps):
         self.skipped: set[int] = set()
         self.stopped = False
         self.muted = 0  # > 0 while an intervention itself calls a module
-        self.skip_values: dict[str, list[Any]] = {}
+        self.skip_calls: dict[str, SkipCall] = {}  # module path -> its skipped current call
         self.arrived: dict[str, set[int]] = {}
         self.released = False  # a barrier opened during this hook: give waiting invokes a turn
         self.cache: dict[int, dict[Site, list[Any]]] = (
@@ -272,13 +272,11 @@ class Run(GradientSteps):
                 return
             new = self.value(node.args[-1])
             if kind == "skip":
-                if not whole:
-                    raise ExecutionError(
-                        "skip() in an invoke that owns only some of the batch rows cannot "
-                        "stop the module from running for the others; skip it in every "
-                        "invoke's place with one prompt-less tracer.invoke()"
-                    )
-                self.skip_values.setdefault(node.target.rpartition(".")[0], []).append(new)
+                path = node.target.rpartition(".")[0]
+                skip = self.skip_calls.get(path)
+                if skip is None:
+                    skip = self.skip_calls[path] = SkipCall(self.total)
+                skip.add(new, cursor.start, None if whole else stop)
                 return
             if stop is not None and not whole:
                 new = merge(project(box.full, kind), new, cursor.start, stop, self.total)
@@ -385,7 +383,7 @@ def execute(
         if plan.skips or plan.sources:
             sources = {path: module_at(path) for path in plan.sources}
             with (
-                skipped_modules(plan.skips, module_at, run.skip_values),
+                skipped_modules(plan.skips, module_at, run.skip_calls),
                 traced_sources(sources, run.fire, plan.expanded),
             ):
                 _run_model(run, call)
