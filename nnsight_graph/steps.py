@@ -39,7 +39,10 @@ class StepRange:
                 last = step
                 yield step
         finally:
-            recorder.step = last + 1 if self.steps else before
+            # after the loop, generation goes on at the next step; in one forward pass the
+            # steps are calls of a module, and other modules' reads refer to their own calls
+            generating = self.tracer.method == "generate"
+            recorder.step = last + 1 if generating and self.steps else before
             recorder.optional_from = optional
 
     def __enter__(self) -> int:
