@@ -20,7 +20,7 @@ from ..ir.errors import (
     StepsSkippedWarning,
 )
 from ..ir.functions import SKIPPED
-from .apply import apply
+from .apply import apply, apply_checked
 from .batching import merge, narrow
 from .control import SkipCall, StopRun, skipped_modules
 from .gradients import GradientSteps, gradient_work_end
@@ -51,8 +51,11 @@ from .values import (
 class Run(GradientSteps):
     """Run-time state of one execution: values, saves, hook counts, cursors."""
 
-    def __init__(self, plan: Plan, constants: list[Any], total_rows: int, debug: bool) -> None:
+    def __init__(
+        self, plan: Plan, constants: list[Any], total_rows: int, debug: bool, trusted: bool = True
+    ) -> None:
         self.plan = plan
+        self.apply = apply if trusted else apply_checked  # untrusted: only what the registry allows
         self.graph = plan.graph
         self.constants = constants
         self.total = total_rows
@@ -320,7 +323,7 @@ class Run(GradientSteps):
                 finally:
                     self.muted -= 1
             else:
-                result = apply(node, args, kwargs, self.saved)
+                result = self.apply(node, args, kwargs, self.saved)
         except Exception as error:
             with_location(error, node, self.debug)
             raise
@@ -363,6 +366,7 @@ def execute(
     call: Callable[[], Any],
     total_rows: int,
     debug: bool = True,
+    trusted: bool = True,
 ) -> dict[int, Any]:
     """Run `call()` with the plan's interventions; return saved values.
 
@@ -375,8 +379,8 @@ def execute(
     if straight is not None:
         invoke = plan.graph.invokes[0]
         if invoke.start == 0 and (invoke.stop is None or invoke.stop == total_rows):
-            return execute_straight(straight, constants, module_at, call, debug)
-    run = Run(plan, constants, total_rows, debug)
+            return execute_straight(straight, constants, module_at, call, debug, trusted)
+    run = Run(plan, constants, total_rows, debug, trusted)
     hooks = RunHooks()
     try:
         hooks.attach(plan.modules, module_at, run.fire)

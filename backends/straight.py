@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ..ir import Const, Node, Op, Ref
-from .apply import apply
+from .apply import apply, apply_checked
 from .hooks import RunHooks
 from .plan import _CONTROL, GRAD, Site
 from .values import arg_value, inject, not_called, out_of_order, project, with_location
@@ -114,13 +114,15 @@ def execute_straight(
     module_at: Callable[[str], torch.nn.Module],
     call: Callable[[], Any],
     debug: bool,
+    trusted: bool = True,
 ) -> dict[int, Any]:
     """Run `call()` with a straight plan's interventions; return saved values by node id.
 
     Hooks exist only while this runs, on the modules the plan reads or writes, and are
-    removed even on error.
+    removed even on error. An untrusted graph (not recorded in this process) runs only what
+    the registry allows.
     """
-    run = StraightRun(plan, constants, debug)
+    run = StraightRun(plan, constants, debug, trusted)
     hooks = RunHooks()
     try:
         hooks.attach(plan.modules, module_at, run.fire)
@@ -141,10 +143,13 @@ def execute_straight(
 class StraightRun:
     """Run-time state of one straight execution."""
 
-    __slots__ = ("plan", "constants", "debug", "env", "saved", "fired", "next", "last")
+    __slots__ = ("plan", "constants", "debug", "env", "saved", "fired", "next", "last", "apply")
 
-    def __init__(self, plan: StraightPlan, constants: list[Any], debug: bool) -> None:
+    def __init__(
+        self, plan: StraightPlan, constants: list[Any], debug: bool, trusted: bool = True
+    ) -> None:
         self.plan = plan
+        self.apply = apply if trusted else apply_checked
         self.constants = constants
         self.debug = debug
         self.env: dict[int, Any] = {}
@@ -189,6 +194,7 @@ class StraightRun:
         """Run nodes that need no hook, in order."""
         env = self.env
         constants = self.constants
+        apply = self.apply
         for node, flat, keep, frees in steps:
             if flat:
                 args = tuple(

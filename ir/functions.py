@@ -49,8 +49,10 @@ def _find_name(func: Callable[..., Any]) -> str | None:
         ("torch.fft", torch.fft),
         ("operator", operator),
     ):
-        if getattr(namespace, short, None) is func:
-            return f"{prefix}.{short}"
+        # torch.special.erf is `special_erf` (likewise linalg_*, fft_*) under its own name
+        name = short.removeprefix(prefix.rpartition(".")[2] + "_")
+        if getattr(namespace, name, None) is func:
+            return f"{prefix}.{name}"
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
     if module and qualname and "<" not in qualname:

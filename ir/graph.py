@@ -44,6 +44,8 @@ class Graph:
     optional: frozenset[int] = frozenset()  # nodes of steps that may never run (early EOS)
     method: str = "trace"  # how the model is run: "trace", "generate", "scan"
     options: dict[str, Any] = field(default_factory=dict)  # keywords for that call
+    # recorded in this process; a loaded graph runs only what ir.registry allows
+    trusted: bool = True
 
     def __str__(self) -> str:
         return "\n".join(str(node) for node in self.nodes)

@@ -396,7 +396,8 @@ class _Decoder:
         if unknown:
             raise WireFormatError(f"optional names nodes that do not exist: {sorted(unknown)}")
         options = {k: self.arg(v, "options", refs=False) for k, v in model.options.items()}
-        return Graph(nodes, constants, invokes, frozenset(model.optional), model.method, options)
+        optional = frozenset(model.optional)
+        return Graph(nodes, constants, invokes, optional, model.method, options, trusted=False)
 
     def node(self, model: NodeModel) -> Node:
         where = f"node %{model.id}"

@@ -17,6 +17,7 @@ from .editing import with_edits
 from .envoy import Envoy
 from .ir import BatchError, Const, Graph, Invoke, NNsightError, Node, Op, map_args
 from .passes import ModelFacts, run_passes
+from .passes.trust import check_untrusted
 from .session import Session
 from .tracer import Tracer
 
@@ -159,6 +160,8 @@ class NNsight(Envoy):
 
     def _execute(self, graph: Graph, total_rows: int, key: Any = None) -> dict[int, Any]:
         """Validate and optimize the graph, then run the model with it; return saved values."""
+        if not graph.trusted:  # not recorded here: refuse before anything of it runs
+            check_untrusted(graph, {name for name, _ in self._module.named_modules()})
         if self._edits:
             graph = with_edits(self._edits, graph)
         plan = self._plan(graph, key)
@@ -168,13 +171,15 @@ class NNsight(Envoy):
         debug = CONFIG.APP.DEBUG
         module_at = self._module_at
         method = graph.method
+        trusted = graph.trusted
+        constants = graph.constants
         if method == "scan":
             with _fake_tensors():
-                return execute(plan, graph.constants, module_at, call, total_rows, debug)
+                return execute(plan, constants, module_at, call, total_rows, debug, trusted)
         if self._facts is not None:
-            return execute(plan, graph.constants, module_at, call, total_rows, debug)
+            return execute(plan, constants, module_at, call, total_rows, debug, trusted)
         with observed(self._module, total_rows or None) as observation:
-            saved = execute(plan, graph.constants, module_at, call, total_rows, debug)
+            saved = execute(plan, constants, module_at, call, total_rows, debug, trusted)
         facts = ModelFacts.from_events(observation.events, observation.tensor_outputs)
         object.__setattr__(self, "_facts", facts)
         return saved

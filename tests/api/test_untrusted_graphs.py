@@ -1,0 +1,125 @@
+"""Graphs that were not recorded in this process run only what the registry allows.
+
+Each hostile graph starts as a real recorded one, is changed, written and read back
+(`loads(dumps(...))` marks it untrusted, as `Graph.load` does), and must be refused with one
+RegistryError before anything of it runs.
+"""
+
+import sys
+
+import pytest
+import torch
+
+import nnsight_graph as nnsight
+from nnsight_graph.ir import Op
+from nnsight_graph.ir.registry import RegistryError
+from nnsight_graph.ir.wire import dumps, loads
+
+
+@pytest.fixture
+def model(net):
+    return nnsight.NNsight(net)
+
+
+def _recorded(model, x):
+    with model.trace(x, run=False) as tracer:
+        hidden = model.layer1.output
+        torch.sum(hidden).save()
+        model.output.clone().save()
+    return tracer.graph
+
+
+def _with_node(graph, index, **changes):
+    nodes = list(graph.nodes)
+    nodes[index] = nodes[index]._replace(**changes)
+    return loads(dumps(graph.with_nodes(nodes)))
+
+
+def _index(graph, op):
+    return next(i for i, node in enumerate(graph.nodes) if node.op is op)
+
+
+def test_a_loaded_graph_runs_and_equals_the_recorded_one(model, x):
+    graph = _recorded(model, x)
+    loaded = loads(dumps(graph))
+    assert graph.trusted and not loaded.trusted
+    ours, theirs = model.run(graph), model.run(loaded)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "os.system",
+        "builtins.exec",
+        "builtins.eval",
+        "builtins.__import__",
+        "builtins.open",
+        "subprocess.run",
+        "pickle.loads",
+        "torch.load",
+        "torch.save",
+        "torch.from_file",
+        "torch.os.system",
+        "shutil.rmtree",
+        "os._exit",
+        "torch._C._get_tracing_state",
+        "nnsight_graph_payload_module.run",
+    ],
+)
+def test_a_function_outside_the_registry_is_refused_before_import(model, x, target, tmp_path):
+    graph = _recorded(model, x)
+    hostile = _with_node(graph, _index(graph, Op.CALL), target=target)
+    before = set(sys.modules)
+    with pytest.raises(RegistryError, match="not in the registry") as error:
+        model.run(hostile)
+    assert repr(target) in str(error.value)
+    assert "nnsight_graph_payload_module" not in sys.modules
+    assert set(sys.modules) - before == set()  # nothing was imported to find out
+
+
+@pytest.mark.parametrize("name", ["__class__", "_modules", "__globals__", "tofile", "numpy"])
+def test_a_method_outside_the_registry_is_refused(model, x, name):
+    graph = _recorded(model, x)
+    index = next(i for i, n in enumerate(graph.nodes) if n.op is Op.METHOD)
+    with pytest.raises(RegistryError, match=repr(name)):
+        model.run(_with_node(graph, index, target=name))
+
+
+def test_an_attribute_with_an_underscore_is_refused(model, x):
+    graph = _recorded(model, x)
+    index = next(i for i, n in enumerate(graph.nodes) if n.op is Op.METHOD)
+    with pytest.raises(RegistryError, match="never allowed"):
+        model.run(_with_node(graph, index, op=Op.GETATTR, target="__class__"))
+
+
+def test_a_method_allowed_for_another_kind_is_refused_on_a_tensor(model, x):
+    """`append` is a list method: on a tensor value it is refused when the node runs."""
+    graph = _recorded(model, x)
+    index = next(i for i, n in enumerate(graph.nodes) if n.op is Op.METHOD)
+    with pytest.raises(RegistryError, match="'append' on a tensor"):
+        model.run(_with_node(graph, index, target="append"))
+
+
+def test_a_module_path_the_model_does_not_have_is_refused(model, x):
+    graph = _recorded(model, x)
+    index = _index(graph, Op.READ)
+    with pytest.raises(RegistryError, match="'layer9'"):
+        model.run(_with_node(graph, index, target="layer9.output"))
+
+
+def test_an_unknown_option_is_refused(model, x):
+    graph = _recorded(model, x)
+    graph.options = {"trust_remote_code": True}
+    with pytest.raises(RegistryError, match="trust_remote_code"):
+        model.run(loads(dumps(graph)))
+
+
+def test_a_local_trace_may_call_any_importable_function_but_not_once_loaded(model, x):
+    with model.trace(x) as tracer:
+        value = torch.special.bessel_j0(model.layer1.output).save()  # not in the registry
+    assert torch.allclose(value, torch.special.bessel_j0(model._module.layer1(x)))
+    with pytest.raises(RegistryError, match="torch.special.bessel_j0"):
+        model.run(loads(dumps(tracer.graph)))
