@@ -68,9 +68,7 @@ def with_location(error: Exception, node: Node, debug: bool) -> Exception:
     if getattr(error, "_nnsight_located", False) or node.loc is None:
         return error
     if debug:
-        import linecache
-
-        text = linecache.getline(node.loc.file, node.loc.line).strip()
+        text = node.loc.text
         error.add_note(f"  in the intervention code at {node.loc}: {text}\n  graph node: {node}")
     else:
         error.add_note(f"  at {node.loc}")

@@ -53,12 +53,17 @@ def const(index: int) -> Const:
         return _CONSTS[index]
 
 
+MAX_SOURCE_TEXT = 1000  # characters of the source line a location keeps
+
+
 @dataclass(frozen=True, slots=True)
 class SourceLoc:
-    """Where in the user's code a node was created."""
+    """Where in the user's code a node was created, with that line's text as it was then
+    (errors quote it: nothing reads a file a location names)."""
 
     file: str
     line: int
+    text: str = ""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"

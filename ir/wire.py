@@ -140,7 +140,10 @@ def _encode_node(node: Node) -> dict[str, Any]:
     if node.step:
         encoded["step"] = node.step
     if node.loc is not None:
-        encoded["loc"] = {"file": node.loc.file, "line": node.loc.line}
+        loc = {"file": node.loc.file, "line": node.loc.line}
+        if node.loc.text:
+            loc["text"] = node.loc.text
+        encoded["loc"] = loc
     if node.guard is not None:
         encoded["guard"] = node.guard.id
     return encoded
@@ -406,7 +409,7 @@ class _Decoder:
         args = tuple(self.arg(a, where) for a in model.args)
         kwargs = {k: self.arg(v, where) for k, v in model.kwargs.items()}
         guard = None if model.guard is None else self.ref(model.guard, where)
-        loc = None if model.loc is None else SourceLoc(model.loc.file, model.loc.line)
+        loc = model.loc and SourceLoc(model.loc.file, model.loc.line, model.loc.text)
         self.ids.add(model.id)
         if not kwargs:
             kwargs = Node._field_defaults["kwargs"]  # the shared empty default, as recorded

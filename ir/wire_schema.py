@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from .node import MAX_SOURCE_TEXT
 from .ops import Op
 
 SCHEMA_VERSION = 1
@@ -180,8 +181,12 @@ Constant = Annotated[
 
 
 class SourceLocModel(_Model):
+    """Where the user wrote a node: file, line and that line's text (quoted by errors, so no
+    error ever reads a file a graph names)."""
+
     file: StrictStr
     line: StrictInt
+    text: Annotated[StrictStr, Field(max_length=MAX_SOURCE_TEXT)] = ""
 
 
 class NodeModel(_Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import linecache
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -12,6 +13,7 @@ import torch
 
 from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc, const, ref
 from .ir.functions import UNSET
+from .ir.node import MAX_SOURCE_TEXT
 from .proxy import Proxy
 
 # Nodes and invokes are NamedTuples; building them from a tuple skips the generated Python
@@ -59,7 +61,8 @@ def user_location(skip: int = 0) -> SourceLoc | None:
             key = (file, frame.f_lineno)
             loc = _LOCATIONS.get(key)
             if loc is None:
-                loc = _LOCATIONS[key] = SourceLoc(file, frame.f_lineno)
+                text = linecache.getline(file, frame.f_lineno, frame.f_globals).strip()
+                loc = _LOCATIONS[key] = SourceLoc(file, frame.f_lineno, text[:MAX_SOURCE_TEXT])
             return loc
         frame = frame.f_back  # type: ignore[assignment]
     return None

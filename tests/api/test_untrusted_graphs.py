@@ -123,3 +123,29 @@ def test_a_local_trace_may_call_any_importable_function_but_not_once_loaded(mode
     assert torch.allclose(value, torch.special.bessel_j0(model._module.layer1(x)))
     with pytest.raises(RegistryError, match="torch.special.bessel_j0"):
         model.run(loads(dumps(tracer.graph)))
+
+
+def test_error_notes_quote_the_recorded_line_and_never_read_the_named_file(
+    model, x, tmp_path, monkeypatch
+):
+    import linecache
+
+    with model.trace(x, run=False) as tracer:
+        model.layer1.output[:, 99].save()  # mark: out of range
+    secret = tmp_path / "secret.py"
+    secret.write_text("SECRET = 'the server file'\n")
+    node = next(n for n in tracer.graph.nodes if n.op is Op.GETITEM)
+    assert node.loc.text == "model.layer1.output[:, 99].save()  # mark: out of range"
+    moved = node.loc.__class__(str(secret), 1, node.loc.text)
+    hostile = _with_node(tracer.graph, tracer.graph.nodes.index(node), loc=moved)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a file named by a graph was read")
+
+    monkeypatch.setattr(linecache, "getline", never)
+    monkeypatch.setattr(linecache, "getlines", never)
+    with pytest.raises(IndexError) as error:
+        model.run(hostile)
+    notes = "\n".join(error.value.__notes__)
+    assert "model.layer1.output[:, 99].save()" in notes
+    assert "SECRET" not in notes
