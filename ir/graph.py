@@ -110,8 +110,11 @@ class Graph:
         return save(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, max_size: int | None = None) -> Graph:
-        """Read a graph written by save(); `max_size` bounds its decompressed size (1 GiB)."""
-        from .wire import DEFAULT_MAX_SIZE, load
+    def load(cls, path: str | Path, max_size: int | None = None, limits: Any = None) -> Graph:
+        """Read a graph written by save(), within `limits` (ir.limits; default LOCAL, which
+        bounds the decompressed size to 1 GiB unless `max_size` says otherwise). The graph is
+        untrusted: it runs only what ir.registry allows."""
+        from .limits import LOCAL
+        from .wire import load
 
-        return load(path, DEFAULT_MAX_SIZE if max_size is None else max_size)
+        return load(path, max_size, LOCAL if limits is None else limits)

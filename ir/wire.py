@@ -22,6 +22,7 @@ from typing import Any
 from .errors import WireFormatError
 from .functions import UNSET
 from .graph import Graph, Invoke
+from .limits import LOCAL, Limits
 from .node import Const, Node, Ref, SourceLoc
 from .ops import Op
 from .wire_schema import (
@@ -52,10 +53,10 @@ from .wire_schema import (
 )
 
 MAGIC = b"NNGRAPH1"
-DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB: the most a payload may decompress to unless told otherwise
+DEFAULT_MAX_SIZE = LOCAL.decompressed_bytes  # the most a payload may decompress to by default
 # JSON grows several-fold into Python objects, so the header has a bound of its own; a graph of
 # 10,000 nodes takes a few MB.
-MAX_HEADER_SIZE = 128 << 20
+MAX_HEADER_SIZE = LOCAL.header_bytes
 _LENGTH_BYTES = 8
 
 __all__ = [
@@ -277,22 +278,25 @@ def _save_tensors(tensors: dict[str, Any]) -> bytes:
 # bytes -> Graph -----------------------------------------------------------------------------
 
 
-def loads(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Graph:
-    """The graph in a payload made by dumps().
+def loads(data: bytes, max_size: int | None = None, limits: Limits = LOCAL) -> Graph:
+    """The graph in a payload made by dumps(), within `limits` (ir.limits).
 
-    `max_size` bounds the decompressed size: a frame that does not declare its size, or declares
-    more, is refused before anything is allocated. Raises WireFormatError for anything that is
-    not a well-formed payload of this schema version.
+    The decompressed size is bounded by `max_size` (default: the limits'): a frame that does
+    not declare its size, or declares more, is refused before anything is allocated; node,
+    constant and invoke counts are checked before the header is validated. Raises
+    WireFormatError for anything that is not a well-formed payload of this schema version.
+    The graph is marked untrusted: it runs only what the registry (ir.registry) allows.
     """
-    container = _decompress(data, max_size)
-    header, blob = _split(container)
-    model = _validate(header)
-    return _Decoder(model, _load_tensors(blob)).graph()
+    bound = limits.decompressed_bytes if max_size is None else max_size
+    container = _decompress(data, bound)
+    header, blob = _split(container, limits.header_bytes)
+    model = _validate(header, limits)
+    return _Decoder(model, _load_tensors(blob), limits).graph()
 
 
-def load(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Graph:
+def load(path: str | Path, max_size: int | None = None, limits: Limits = LOCAL) -> Graph:
     """The graph in a file written by save()."""
-    return loads(Path(path).read_bytes(), max_size)
+    return loads(Path(path).read_bytes(), max_size, limits)
 
 
 def _decompress(data: bytes, max_size: int) -> bytes:
@@ -321,7 +325,7 @@ def _decompress(data: bytes, max_size: int) -> bytes:
         raise WireFormatError(f"the payload is corrupt or truncated: {e}") from e
 
 
-def _split(container: bytes) -> tuple[bytes, bytes]:
+def _split(container: bytes, max_header: int) -> tuple[bytes, bytes]:
     """The JSON header and the safetensors blob of a decompressed container."""
     if container[: len(MAGIC)] != MAGIC:
         raise WireFormatError(
@@ -332,9 +336,9 @@ def _split(container: bytes) -> tuple[bytes, bytes]:
     if len(container) < start:
         raise WireFormatError("the payload is truncated: it ends inside its header length")
     length = int.from_bytes(container[len(MAGIC) : start], "little")
-    if length > MAX_HEADER_SIZE:
+    if length > max_header:
         raise WireFormatError(
-            f"the payload's header is {length} bytes, more than the limit of {MAX_HEADER_SIZE}"
+            f"the payload's header is {length} bytes, more than the limit of {max_header}"
         )
     if length > len(container) - start:
         raise WireFormatError(
@@ -344,7 +348,7 @@ def _split(container: bytes) -> tuple[bytes, bytes]:
     return container[start : start + length], container[start + length :]
 
 
-def _validate(header: bytes) -> GraphModel:
+def _validate(header: bytes, limits: Limits) -> GraphModel:
     import pydantic
     import pydantic_core
 
@@ -363,6 +367,16 @@ def _validate(header: bytes) -> GraphModel:
             f"the payload has schema version {version}, but this nnsight_graph reads version "
             f"{SCHEMA_VERSION}{newer}"
         )
+    for field, limit in (
+        ("nodes", limits.nodes),
+        ("constants", limits.constants),
+        ("invokes", limits.invokes),
+    ):
+        items = data.get(field)
+        if isinstance(items, list) and len(items) > limit:
+            raise WireFormatError(
+                f"the payload has {len(items)} {field}, more than the limit of {limit}"
+            )
     try:
         return GraphModel.model_validate(data)
     except pydantic.ValidationError as e:
@@ -384,9 +398,11 @@ def _load_tensors(blob: bytes) -> dict[str, Any]:
 class _Decoder:
     """Rebuilds a Graph from a validated model, checking what the schema alone cannot."""
 
-    def __init__(self, model: GraphModel, tensors: dict[str, Any]) -> None:
+    def __init__(self, model: GraphModel, tensors: dict[str, Any], limits: Limits) -> None:
         self.model = model
         self.tensors = tensors
+        self.limits = limits
+        self.last_id = -1
         self.constant_count = len(model.constants)
         self.ids: set[int] = set()
 
@@ -406,6 +422,17 @@ class _Decoder:
         where = f"node %{model.id}"
         if model.id in self.ids:
             raise WireFormatError(f"{where} appears twice")
+        if model.id <= self.last_id or model.id >= self.limits.nodes:
+            raise WireFormatError(
+                f"{where}: node ids must increase through the graph and stay below "
+                f"{self.limits.nodes} (the previous id was %{self.last_id})"
+            )
+        self.last_id = model.id
+        if len(model.target) > self.limits.target_chars:
+            raise WireFormatError(
+                f"{where}: its target is {len(model.target)} characters, more than the limit "
+                f"of {self.limits.target_chars}"
+            )
         args = tuple(self.arg(a, where) for a in model.args)
         kwargs = {k: self.arg(v, where) for k, v in model.kwargs.items()}
         guard = None if model.guard is None else self.ref(model.guard, where)
@@ -419,6 +446,10 @@ class _Decoder:
 
     def invoke(self, model: InvokeModel) -> Invoke:
         where = f"invoke {model.index}"
+        if model.stop is not None and model.stop < model.start:
+            raise WireFormatError(
+                f"{where} owns rows {model.start} to {model.stop}: its stop is before its start"
+            )
         args = tuple(self.arg(a, where, refs=False) for a in model.args)
         kwargs = {k: self.arg(v, where, refs=False) for k, v in model.kwargs.items()}
         if not kwargs:
@@ -452,8 +483,20 @@ class _Decoder:
                 return [self.arg(item, where, refs) for item in model.items]
             case DictArg():
                 return {k: self.arg(v, where, refs) for k, v in model.items.items()}
+            case StrArg() | BytesArg():
+                return self.text(model, where)
             case _:
                 return _decode_primitive(model)
+
+    def text(self, model: StrArg | BytesArg, where: str) -> Any:
+        """A str or bytes value within the size limit (bytes counted by their base64 form)."""
+        size = len(model.value) if isinstance(model, StrArg) else len(model.base64)
+        if size > self.limits.string_chars:
+            raise WireFormatError(
+                f"{where} holds a {size}-character value, more than the limit of "
+                f"{self.limits.string_chars}"
+            )
+        return _decode_primitive(model)
 
     def constants(self) -> list[Any]:
         names = {c.name for c in self.model.constants if isinstance(c, TensorConstant)}
@@ -492,6 +535,8 @@ class _Decoder:
                     raise WireFormatError(f"constant $c{index}: bad device {model.name!r}") from e
             case SizeConstant():
                 return torch.Size(model.dims)
+            case StrArg() | BytesArg():
+                return self.text(model, f"constant $c{index}")
             case _:
                 return _decode_primitive(model)
 

@@ -28,7 +28,7 @@ def verify(graph: Graph) -> None:
                 )
     seen: set[int] = set()
     for position, node in enumerate(graph.nodes):
-        where = f"node {position} ({node})"
+        where = _Where(position, node)  # formats the node only when an error is reported
         if not isinstance(node.op, Op):
             raise ValidationError(f"{where} has no valid op: {node.op!r}")
         if node.id in seen:
@@ -57,6 +57,19 @@ def verify(graph: Graph) -> None:
             if problem:
                 raise ValidationError(f"{where} {problem}")
         seen.add(node.id)
+
+
+class _Where:
+    """`node 3 (%3 = ...)` in an error message, formatted only when the message is built."""
+
+    __slots__ = ("position", "node")
+
+    def __init__(self, position: int, node: Node) -> None:
+        self.position = position
+        self.node = node
+
+    def __format__(self, spec: str) -> str:
+        return f"node {self.position} ({self.node})"
 
 
 def _target_problem(node: Node) -> str:
