@@ -7,7 +7,6 @@ from typing import Any
 from ..ir import Node, Op
 from ..ir.errors import ExecutionError
 from ..ir.functions import resolve
-from ..ir.registry import allowed_function, check_attribute, check_method
 
 
 def apply(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], saved: dict[int, Any]) -> Any:
@@ -37,21 +36,3 @@ def apply(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], saved: dict
     if op is Op.CACHE:
         return None  # values are captured at the hooks
     raise ExecutionError(f"the local executor cannot run {node}")
-
-
-def apply_checked(
-    node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], saved: dict[int, Any]
-) -> Any:
-    """`apply` for a graph from outside this process: only what the registry allows runs.
-
-    Function names were checked before the run (passes.trust); methods and attributes are
-    checked here against the kind of value they are used on.
-    """
-    op = node.op
-    if op is Op.CALL:
-        return allowed_function(node.target)(*args, **kwargs)
-    if op is Op.METHOD:
-        check_method(args[0], node.target)
-    elif op is Op.GETATTR:
-        check_attribute(args[0], node.target)
-    return apply(node, args, kwargs, saved)

@@ -20,10 +20,11 @@ from ..ir.errors import (
     StepsSkippedWarning,
 )
 from ..ir.functions import SKIPPED
-from .apply import apply, apply_checked
+from .apply import apply
 from .batching import merge, narrow
 from .control import SkipCall, StopRun, skipped_modules
 from .gradients import GradientSteps, gradient_work_end
+from .guard import Guard
 from .hooks import RunHooks
 from .plan import (
     _CONTROL,
@@ -52,10 +53,15 @@ class Run(GradientSteps):
     """Run-time state of one execution: values, saves, hook counts, cursors."""
 
     def __init__(
-        self, plan: Plan, constants: list[Any], total_rows: int, debug: bool, trusted: bool = True
+        self,
+        plan: Plan,
+        constants: list[Any],
+        total_rows: int,
+        debug: bool,
+        guard: Guard | None = None,
     ) -> None:
         self.plan = plan
-        self.apply = apply if trusted else apply_checked  # untrusted: only what the registry allows
+        self.apply = apply if guard is None else guard.apply  # an untrusted graph's checks
         self.graph = plan.graph
         self.constants = constants
         self.total = total_rows
@@ -366,11 +372,12 @@ def execute(
     call: Callable[[], Any],
     total_rows: int,
     debug: bool = True,
-    trusted: bool = True,
+    guard: Guard | None = None,
 ) -> dict[int, Any]:
     """Run `call()` with the plan's interventions; return saved values.
 
-    `module_at(path)` finds the module of a hook site ("" is the root).
+    `module_at(path)` finds the module of a hook site ("" is the root). A `guard` checks
+    each node of a graph that was not recorded in this process (backends.guard).
 
     Hooks exist only while this runs, on the modules the plan needs, and are removed even on
     error. The result maps the id of each saved node to its value after the run.
@@ -379,8 +386,8 @@ def execute(
     if straight is not None:
         invoke = plan.graph.invokes[0]
         if invoke.start == 0 and (invoke.stop is None or invoke.stop == total_rows):
-            return execute_straight(straight, constants, module_at, call, debug, trusted)
-    run = Run(plan, constants, total_rows, debug, trusted)
+            return execute_straight(straight, constants, module_at, call, debug, guard)
+    run = Run(plan, constants, total_rows, debug, guard)
     hooks = RunHooks()
     try:
         hooks.attach(plan.modules, module_at, run.fire)

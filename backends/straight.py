@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ..ir import Const, Node, Op, Ref
-from .apply import apply, apply_checked
+from .apply import apply
+from .guard import Guard
 from .hooks import RunHooks
 from .plan import _CONTROL, GRAD, Site
 from .values import arg_value, inject, not_called, out_of_order, project, with_location
@@ -114,15 +115,14 @@ def execute_straight(
     module_at: Callable[[str], torch.nn.Module],
     call: Callable[[], Any],
     debug: bool,
-    trusted: bool = True,
+    guard: Guard | None = None,
 ) -> dict[int, Any]:
     """Run `call()` with a straight plan's interventions; return saved values by node id.
 
     Hooks exist only while this runs, on the modules the plan reads or writes, and are
-    removed even on error. An untrusted graph (not recorded in this process) runs only what
-    the registry allows.
+    removed even on error. A `guard` checks each node of an untrusted graph (backends.guard).
     """
-    run = StraightRun(plan, constants, debug, trusted)
+    run = StraightRun(plan, constants, debug, guard)
     hooks = RunHooks()
     try:
         hooks.attach(plan.modules, module_at, run.fire)
@@ -146,10 +146,10 @@ class StraightRun:
     __slots__ = ("plan", "constants", "debug", "env", "saved", "fired", "next", "last", "apply")
 
     def __init__(
-        self, plan: StraightPlan, constants: list[Any], debug: bool, trusted: bool = True
+        self, plan: StraightPlan, constants: list[Any], debug: bool, guard: Guard | None = None
     ) -> None:
         self.plan = plan
-        self.apply = apply if trusted else apply_checked
+        self.apply = apply if guard is None else guard.apply
         self.constants = constants
         self.debug = debug
         self.env: dict[int, Any] = {}

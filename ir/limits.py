@@ -20,6 +20,10 @@ class Limits:
     invokes: int = 10_000
     string_chars: int = 10 << 20  # one str or bytes argument, constant or option
     target_chars: int = 4096  # a node's target (a module path or a function name)
+    # when an untrusted graph runs (backends.guard)
+    tensor_elements: int = 1 << 30  # elements of any one value a node creates
+    deadline_s: float | None = None  # seconds a run may take, checked between nodes
+    max_new_tokens: int = 1 << 16  # tokens a generate() may ask for
 
 
 LOCAL = Limits()
@@ -33,5 +37,8 @@ SERVER = Limits(
     invokes=1_000,
     string_chars=100_000,
     target_chars=1_000,
+    tensor_elements=1 << 26,
+    deadline_s=300.0,
+    max_new_tokens=1024,
 )
 """The bounds for a payload a server receives from a client."""

@@ -121,9 +121,10 @@ _TENSOR_METHODS = """
 _SEQUENCE_METHODS = "count index"
 _LIST_METHODS = "append extend insert pop remove reverse sort copy clear"
 _DICT_METHODS = "keys values items get copy to_tuple"
+# none that can make a string much longer than itself (replace, join, center, ljust, ...)
 _STR_METHODS = """
-    lower upper strip lstrip rstrip split rsplit join replace startswith endswith find rfind
-    count isdigit isalpha isspace title capitalize splitlines partition rpartition
+    lower upper strip lstrip rstrip split rsplit startswith endswith find rfind count isdigit
+    isalpha isspace title capitalize splitlines partition rpartition
 """
 _NUMBER_METHODS = "is_integer bit_length conjugate as_integer_ratio"
 

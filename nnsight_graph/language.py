@@ -10,6 +10,7 @@ import torch
 
 from .envoy import Envoy
 from .ir import BatchError, Graph, Op
+from .ir.limits import LOCAL, Limits
 from .model import NNsight, _decode
 from .tracer import Tracer
 
@@ -125,6 +126,9 @@ class LanguageModel(NNsight):
             new_tokens = getattr(self._module.generation_config, "max_new_tokens", None)
         return int(new_tokens) if new_tokens is not None else None
 
+    def _site_paths(self) -> set[str]:
+        return {*super()._site_paths(), "generator"}
+
     def _module_at(self, path: str) -> torch.nn.Module:
         if path == "generator":
             return self._generator
@@ -194,10 +198,12 @@ class LanguageModel(NNsight):
         masks = mask if mask is not None else [[1] * len(r) for r in value]
         return [(list(r), [1 if m else 0 for m in k]) for r, k in zip(value, masks, strict=True)]
 
-    def _execute(self, graph: Graph, total_rows: int, key: Any = None) -> dict[int, Any]:
+    def _execute(
+        self, graph: Graph, total_rows: int, key: Any = None, limits: Limits = LOCAL
+    ) -> dict[int, Any]:
         if graph.method != "scan":
             self.dispatch()
-        return super()._execute(graph, total_rows, key)
+        return super()._execute(graph, total_rows, key, limits)
 
     def _call(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]

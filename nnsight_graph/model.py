@@ -11,11 +11,13 @@ import torch
 
 from .backends import Plan, execute
 from .backends.batching import batch_size, concatenate
+from .backends.guard import Guard
 from .backends.observe import observed
 from .config import CONFIG
 from .editing import with_edits
 from .envoy import Envoy
 from .ir import BatchError, Const, Graph, Invoke, NNsightError, Node, Op, map_args
+from .ir.limits import LOCAL, Limits
 from .passes import ModelFacts, run_passes
 from .passes.trust import check_untrusted
 from .session import Session
@@ -93,6 +95,10 @@ class NNsight(Envoy):
         """How many steps `tracer.iter[:]` covers: one forward pass for a plain trace."""
         return 1
 
+    def _site_paths(self) -> set[str]:
+        """The module paths a graph may name: the model's `named_modules()`."""
+        return {name for name, _ in self._module.named_modules()}
+
     def _module_at(self, path: str) -> torch.nn.Module:
         """The module a hook site's path names ("" is the root)."""
         module = self._module
@@ -153,15 +159,22 @@ class NNsight(Envoy):
         self._plans[key] = _CachedPlan.of(graph, facts, plan)
         return plan
 
-    def run(self, graph: Graph) -> dict[int, Any]:
-        """Run a recorded (or loaded) graph on this model; return saved values by node id."""
-        rows = max((inv.stop or 0 for inv in graph.invokes), default=0)
-        return self._execute(graph, rows)
+    def run(self, graph: Graph, limits: Limits = LOCAL) -> dict[int, Any]:
+        """Run a recorded (or loaded) graph on this model; return saved values by node id.
 
-    def _execute(self, graph: Graph, total_rows: int, key: Any = None) -> dict[int, Any]:
+        A loaded graph runs only what `ir.registry` allows, within `limits` (ir.limits).
+        """
+        rows = max((inv.stop or 0 for inv in graph.invokes), default=0)
+        return self._execute(graph, rows, None, limits)
+
+    def _execute(
+        self, graph: Graph, total_rows: int, key: Any = None, limits: Limits = LOCAL
+    ) -> dict[int, Any]:
         """Validate and optimize the graph, then run the model with it; return saved values."""
+        guard = None
         if not graph.trusted:  # not recorded here: refuse before anything of it runs
-            check_untrusted(graph, {name for name, _ in self._module.named_modules()})
+            check_untrusted(graph, self._site_paths(), limits)
+            guard = Guard(limits)
         if self._edits:
             graph = with_edits(self._edits, graph)
         plan = self._plan(graph, key)
@@ -171,15 +184,14 @@ class NNsight(Envoy):
         debug = CONFIG.APP.DEBUG
         module_at = self._module_at
         method = graph.method
-        trusted = graph.trusted
         constants = graph.constants
         if method == "scan":
             with _fake_tensors():
-                return execute(plan, constants, module_at, call, total_rows, debug, trusted)
+                return execute(plan, constants, module_at, call, total_rows, debug, guard)
         if self._facts is not None:
-            return execute(plan, constants, module_at, call, total_rows, debug, trusted)
+            return execute(plan, constants, module_at, call, total_rows, debug, guard)
         with observed(self._module, total_rows or None) as observation:
-            saved = execute(plan, constants, module_at, call, total_rows, debug, trusted)
+            saved = execute(plan, constants, module_at, call, total_rows, debug, guard)
         facts = ModelFacts.from_events(observation.events, observation.tensor_outputs)
         object.__setattr__(self, "_facts", facts)
         return saved

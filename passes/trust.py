@@ -12,6 +12,7 @@ from collections.abc import Collection
 from typing import Any, Final
 
 from ..ir import Graph, Node, Op
+from ..ir.limits import LOCAL, Limits
 from ..ir.registry import METHODS, RegistryError, check_function
 
 _METHOD_NAMES: Final = frozenset().union(*METHODS.values())
@@ -53,9 +54,10 @@ OPTIONS: Final[dict[str, frozenset[str]]] = {
 no `trust_remote_code`, `custom_generate`, `streamer`, callables)."""
 
 
-def check_untrusted(graph: Graph, module_paths: Collection[str]) -> None:
+def check_untrusted(graph: Graph, module_paths: Collection[str], limits: Limits = LOCAL) -> None:
     """Raise RegistryError, naming the node, unless the graph only uses what the registry
-    allows and only the modules in `module_paths` (the model's `named_modules()` names)."""
+    allows and only the modules in `module_paths` (the model's `named_modules()` names), and
+    asks generate() for at most `limits.max_new_tokens` tokens."""
     for node in graph.nodes:
         _check_node(node, module_paths)
     allowed = OPTIONS.get(graph.method)
@@ -75,6 +77,12 @@ def check_untrusted(graph: Graph, module_paths: Collection[str]) -> None:
                 f"the option {key}={value!r} must be a plain value (None, bool, int, float, str "
                 "or a list of ints)"
             )
+        if key in ("max_new_tokens", "max_length") and isinstance(value, int):
+            if value > limits.max_new_tokens:
+                raise RegistryError(
+                    f"{key}={value} asks for more than the {limits.max_new_tokens} tokens a "
+                    "run may generate"
+                )
 
 
 def _check_node(node: Node, module_paths: Collection[str]) -> None:

@@ -149,3 +149,63 @@ def test_error_notes_quote_the_recorded_line_and_never_read_the_named_file(
     notes = "\n".join(error.value.__notes__)
     assert "model.layer1.output[:, 99].save()" in notes
     assert "SECRET" not in notes
+
+
+# bounds while a loaded graph runs (backends.guard) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "args", "size"),
+    [
+        ("torch.ones", (2**31,), 2**31),
+        ("torch.zeros", ((2**16, 2**16),), 2**32),
+        ("torch.arange", (10**12,), 10**12),
+        ("operator.pow", (10, 10**10), None),
+        ("operator.mul", ("ab", 10**10), 2 * 10**10),
+        ("operator.lshift", (1, 10**11), None),
+    ],
+)
+def test_a_node_that_would_create_a_huge_value_is_refused_before_it_runs(
+    model, x, target, args, size
+):
+    from nnsight_graph.backends.guard import LimitError
+
+    graph = _recorded(model, x)
+    hostile = _with_node(graph, _index(graph, Op.CALL), target=target, args=args)
+    with pytest.raises(LimitError, match="more than the limit of") as error:
+        model.run(hostile)
+    if size is not None:
+        assert f"a value of {size} elements" in str(error.value)
+
+
+def test_an_op_on_traced_values_is_sized_on_meta_tensors(model, x):
+    from nnsight_graph.backends.guard import LimitError
+    from nnsight_graph.ir.limits import Limits
+
+    with model.trace(x, run=False) as tracer:
+        hidden = model.layer1.output.flatten()
+        torch.outer(hidden, hidden).save()  # 10 x 10 = 100 elements
+    loaded = loads(dumps(tracer.graph))
+    model.run(loaded, limits=Limits(tensor_elements=100))
+    with pytest.raises(LimitError, match="a value of 100 elements, more than the limit of 99"):
+        model.run(loaded, limits=Limits(tensor_elements=99))
+
+
+def test_a_run_past_its_deadline_stops_at_the_next_node(model, x):
+    from nnsight_graph.backends.guard import LimitError
+    from nnsight_graph.ir.limits import Limits
+
+    loaded = loads(dumps(_recorded(model, x)))
+    with pytest.raises(LimitError, match="deadline of 0 s"):
+        model.run(loaded, limits=Limits(deadline_s=0.0))
+
+
+def test_generate_may_ask_for_at_most_the_limits_tokens(llm):
+    from nnsight_graph.ir.limits import SERVER
+
+    with llm.generate("Hello", max_new_tokens=2, run=False) as tracer:
+        llm.generator.output.save()
+    graph = tracer.graph
+    graph.options = {**graph.options, "max_new_tokens": 10**6}
+    with pytest.raises(RegistryError, match="more than the 1024 tokens"):
+        llm.run(loads(dumps(graph)), limits=SERVER)
