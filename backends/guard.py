@@ -33,6 +33,7 @@ class Guard:
 
     def __init__(self, limits: Limits) -> None:
         self.elements = limits.tensor_elements
+        self.items = limits.python_items
         seconds = limits.deadline_s
         self.seconds = seconds
         self.deadline = None if seconds is None else time.monotonic() + seconds
@@ -72,23 +73,30 @@ class Guard:
     ) -> None:
         """Refuse the node when the value it would create is larger than the bound."""
         size = _python_size(function, args) if owner is None else None
-        if size is None:
-            size = _meta_size(function, args, kwargs, owner, node)
+        if size is not None:
+            if size > self.items:
+                raise LimitError(self.too_large(node, size, self.items))
+            return
+        size = _meta_size(function, args, kwargs, owner, node)
         if size is not None and size > self.elements:
-            raise LimitError(self.too_large(node, size))
+            raise LimitError(self.too_large(node, size, self.elements))
 
     def checked_result(self, node: Node, value: Any) -> Any:
         """The value, unless it is larger than the bound (what a size check could not see)."""
-        size = value.numel() if isinstance(value, torch.Tensor) else _length(value)
-        if size is not None and size > self.elements:
-            raise LimitError(self.too_large(node, size))
+        if isinstance(value, torch.Tensor):
+            if value.numel() > self.elements:
+                raise LimitError(self.too_large(node, value.numel(), self.elements))
+            return value
+        size = _length(value)
+        if size is not None and size > self.items:
+            raise LimitError(self.too_large(node, size, self.items))
         return value
 
-    def too_large(self, node: Node, size: int) -> str:
+    def too_large(self, node: Node, size: int, limit: int) -> str:
         where = f" at {node.loc}" if node.loc else ""
         return (
             f"the node {node.op.value} {node.target}{where} would create a value of {size} "
-            f"elements, more than the limit of {self.elements} for this run"
+            f"elements, more than the limit of {limit} for this run"
         )
 
 
@@ -105,10 +113,10 @@ def _python_size(function: Callable[..., Any], args: tuple[Any, ...]) -> int | N
         if isinstance(sequence, (str, bytes, list, tuple)) and isinstance(count, int):
             return len(sequence) * max(count, 0)
     elif function in _POWERS and len(args) == 2 and all(type(a) is int for a in args):
-        base, exponent = args
-        return int(exponent * math.log2(abs(base))) // 8 + 1 if abs(base) > 1 else 1
+        base, exponent = args  # an int counts 16 to the byte: big ones are slow to compute
+        return 16 * (int(exponent * math.log2(abs(base))) // 8 + 1) if abs(base) > 1 else 1
     elif function in _SHIFTS and len(args) == 2 and all(type(a) is int for a in args):
-        return (args[0].bit_length() + max(args[1], 0)) // 8 + 1
+        return 16 * ((args[0].bit_length() + max(args[1], 0)) // 8 + 1)
     elif function in _MATERIALIZE and len(args) == 1 and isinstance(args[0], range):
         return len(args[0])
     return None
@@ -173,5 +181,5 @@ def _length(value: Any) -> int | None:
     if isinstance(value, (str, bytes, list, tuple, dict)):
         return len(value)
     if type(value) is int:
-        return value.bit_length() // 8
+        return 16 * (value.bit_length() // 8)
     return None

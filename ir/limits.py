@@ -21,7 +21,8 @@ class Limits:
     string_chars: int = 10 << 20  # one str or bytes argument, constant or option
     target_chars: int = 4096  # a node's target (a module path or a function name)
     # when an untrusted graph runs (backends.guard)
-    tensor_elements: int = 1 << 30  # elements of any one value a node creates
+    tensor_elements: int = 1 << 30  # elements of any one tensor a node creates
+    python_items: int = 1 << 27  # items, characters or bytes of one Python value (ints: /16)
     deadline_s: float | None = None  # seconds a run may take, checked between nodes
     max_new_tokens: int = 1 << 16  # tokens a generate() may ask for
 
@@ -38,6 +39,7 @@ SERVER = Limits(
     string_chars=100_000,
     target_chars=1_000,
     tensor_elements=1 << 26,
+    python_items=1 << 20,
     deadline_s=300.0,
     max_new_tokens=1024,
 )
