@@ -156,6 +156,9 @@ class Envoy:
     def __len__(self) -> int:
         return len(self._module._modules)
 
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self._module._modules, *self._aliases})
+
     def __iter__(self) -> Iterator[Envoy]:
         return (self._child(name) for name in self._module._modules)
 

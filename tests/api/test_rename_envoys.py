@@ -55,6 +55,7 @@ def test_an_alias_is_the_same_envoy_and_records_the_real_path(net, x):
     assert model.first is model.layer1
     assert model.second is model.layer2 and model.last is model.layer2
     assert model["first"] is model.layer1
+    assert {"first", "second", "last", "layer1", "output"} <= set(dir(model))
 
     with model.trace(x) as tracer:
         through_alias = model.first.output.save()

@@ -209,3 +209,26 @@ def test_a_typo_suggests_output_and_lists_each_name_once(model):
 def test_setting_an_unknown_attribute_on_an_envoy_is_an_error(model):
     with pytest.raises(AttributeError, match="only .output, .input and .inputs can be assigned"):
         model.layer1.outptu = 1
+
+
+# on a GPU ----------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_moves_keep_the_wrapper(make_net, path):
+    net = make_net()
+    model = NNsight(net).cuda()
+    x = torch.rand(2, 5, device="cuda")
+    with model.trace(x):
+        hidden = model.layer1.output.save()
+    assert hidden.device.type == "cuda" and torch.allclose(hidden, net.layer1(x))
+    assert model.to("cpu") is model and model.device == torch.device("cpu")
+
+    lazy = LanguageModel(path).to("cuda")
+    assert lazy.device.type == "cuda"
+    with lazy.trace("The Eiffel Tower is in the city of"):
+        logits = lazy.lm_head.output.save()
+    assert logits.device.type == "cuda" and lazy.device.type == "cuda"
+    assert lazy.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
