@@ -42,17 +42,20 @@ def named_from(module: torch.nn.Module, key: RenameKey) -> list[tuple[str, torch
     component at a time (a leading dot is ignored), and a `*` component stands for every
     child of the module reached so far. A module reached twice counts once.
     """
+    found: list[tuple[str, torch.nn.Module]]
     if isinstance(key, type):
-        found = [(name, c) for name, c in module._modules.items() if isinstance(c, key)]
+        found = [(n, c) for n, c in module._modules.items() if c is not None and isinstance(c, key)]
     else:
         found = [("", module)]
         for part in key.lstrip(".").split("."):
             step: list[tuple[str, torch.nn.Module]] = []
             for path, current in found:
-                if part == "*":
-                    step += [(_join(path, n), c) for n, c in current._modules.items() if c]
-                elif current._modules.get(part) is not None:
-                    step.append((_join(path, part), current._modules[part]))  # type: ignore[arg-type]
+                children = (
+                    current._modules.items()
+                    if part == "*"
+                    else [(part, current._modules.get(part))]
+                )
+                step += [(_join(path, n), c) for n, c in children if c is not None]
             found = step
     unique: dict[int, tuple[str, torch.nn.Module]] = {}
     for path, child in found:
