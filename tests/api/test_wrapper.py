@@ -147,6 +147,9 @@ def test_another_models_envoy_in_a_trace_is_an_error(make_net, x, line_of):
     with pytest.raises(nnsight.GraphBuildError, match=r"other.layer2.skip\(\) at"):
         with model.trace(x):
             other.layer2.skip(model.layer1.output)
+    with pytest.raises(nnsight.GraphBuildError, match="other.layer1.source.F_linear_0.output at"):
+        with model.trace(x):
+            other.layer1.source.F_linear_0.output.save()
 
 
 def test_another_models_module_may_be_called_on_traced_values(make_net, x):
