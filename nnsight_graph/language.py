@@ -49,6 +49,8 @@ class LanguageModel(NNsight):
         device_map: str | dict[str, Any] | None = None,
         dispatch: bool = False,
         tokenizer: Any = None,
+        rename: Any = None,
+        envoys: Any = None,
         **kwargs: Any,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
@@ -69,7 +71,7 @@ class LanguageModel(NNsight):
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        super().__init__(module)
+        super().__init__(module, rename=rename, envoys=envoys)
         for attribute, value in (
             ("tokenizer", tokenizer),
             ("_name", name),
@@ -77,6 +79,7 @@ class LanguageModel(NNsight):
             ("_device_map", device_map),
             ("_load_kwargs", kwargs),
             ("_generator", _Generator()),
+            ("_pending", []),
         ):
             object.__setattr__(self, attribute, value)
 
@@ -90,7 +93,9 @@ class LanguageModel(NNsight):
     @property
     def generator(self) -> Envoy:
         """`llm.generator.output`: the ids `generate()` returned (prompt and new tokens)."""
-        return _GeneratorEnvoy(self._generator, "generator")
+        envoy = _GeneratorEnvoy(self._generator, "generator")
+        envoy._attach(self)
+        return envoy
 
     def generate(self, *inputs: Any, **kwargs: Any) -> Tracer:
         """A tracing context around `model.generate(...)`; keywords go to generate()."""
@@ -101,11 +106,48 @@ class LanguageModel(NNsight):
         if self._loaded:
             return
         module = _load(self._name, self._device_map, self._load_kwargs)
+        for path, method, args, kwargs in self._pending:
+            getattr(module.get_submodule(path), method)(*args, **kwargs)
+        self._pending.clear()
         self._swap(module)
         object.__setattr__(self, "_loaded", True)
 
-    def __repr__(self) -> str:
-        return repr(self._module)
+    @property
+    def device(self) -> torch.device | None:
+        """Where the weights are, or, before they load, where they will be."""
+        if self._loaded:
+            return super().device
+        for path, method, args, kwargs in reversed(self._pending):
+            if path == "" and method in _DEVICE_MOVES:
+                device = _target_device(method, args, kwargs)
+                if device is not None:
+                    return device
+        return torch.device("cpu") if self._device_map is None else torch.device("meta")
+
+    # changes to the module ------------------------------------------------------------------
+
+    def _change_module(
+        self, path: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Before the weights load, a move is kept and made on the loaded model (in order);
+        what a meta model can take at once (a dtype, eval/train) is made on it too."""
+        if self._loaded or path == "generator":
+            super()._change_module(path, method, args, kwargs)
+            return
+        self._pending.append((path, method, args, kwargs))
+        module = self._module_at(path)
+        if method not in _DEVICE_MOVES:
+            getattr(module, method)(*args, **kwargs)
+        elif method == "to":
+            dtype = torch._C._nn._parse_to(*args, **kwargs)[1]
+            if dtype is not None:
+                module.to(dtype=dtype)
+
+    def _before_direct_call(self) -> None:
+        self.dispatch()
+
+    def _input_hint(self) -> str:
+        return ""
 
     # what a tracer needs ----------------------------------------------------------------------
 
@@ -225,9 +267,24 @@ class LanguageModel(NNsight):
     def _swap(self, module: torch.nn.Module) -> None:
         """Replace the wrapped (meta) model by a loaded one, keeping existing envoys valid."""
         object.__setattr__(self, "_module", module)
-        for envoy in self.modules():
-            if envoy is not self:
-                object.__setattr__(envoy, "_module", module.get_submodule(envoy._path))
+        stack: list[Envoy] = [self]
+        while stack:  # only the envoys made so far: the others are made from the new model
+            envoy = stack.pop()
+            for name, child in envoy._children.items():
+                object.__setattr__(child, "_module", envoy._module._modules[name])
+                stack.append(child)
+
+
+_DEVICE_MOVES = frozenset({"to", "cpu", "cuda"})  # what a meta model cannot do before loading
+
+
+def _target_device(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if method == "cpu":
+        return torch.device("cpu")
+    if method == "cuda":
+        index = args[0] if args else kwargs.get("device")
+        return torch.device("cuda", index) if isinstance(index, int) else torch.device("cuda")
+    return torch._C._nn._parse_to(*args, **kwargs)[0]
 
 
 def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from . import failures, renaming
 from .backends import Plan, execute
 from .backends.batching import batch_size, concatenate
 from .backends.guard import Guard
@@ -29,15 +30,58 @@ class NNsight(Envoy):
 
     Attribute access mirrors the module tree (`model.layer1`, `model.h[0]`); the module itself
     is never changed: hooks exist only while a trace runs.
+
+    `rename={"transformer.h": "layers", "attn": "attention"}` gives modules extra names (the
+    real ones keep working; graphs, caches and errors use the real paths). `envoys=` picks
+    Envoy subclasses for modules, by module class or by path suffix:
+    `envoys={torch.nn.Linear: LinearEnvoy, "h.*": BlockEnvoy}` (or one class for all).
     """
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    _alias_table: renaming.AliasTable = {}  # a model without rename= has none; never mutated
+    _rename: Any = None
+    _envoys: Any = None
+
+    def __init__(self, module: torch.nn.Module, *, rename: Any = None, envoys: Any = None) -> None:
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"NNsight wraps a torch.nn.Module, not {type(module).__name__}")
         super().__init__(module, "")
+        object.__setattr__(self, "_root", self)
         object.__setattr__(self, "_facts", None)
         object.__setattr__(self, "_plans", {})
         object.__setattr__(self, "_edits", [])
+        if envoys is not None:
+            object.__setattr__(self, "_envoys", renaming.check_envoys(envoys, Envoy))
+        if rename:
+            object.__setattr__(self, "_rename", renaming.check_rename(rename))
+            self._bind_aliases()
+
+    # the module tree ------------------------------------------------------------------------
+
+    def _bind_aliases(self) -> None:
+        """Resolve `rename=` over the whole module tree (conflicts raise here, at once)."""
+
+        def taken(path: str, module: torch.nn.Module) -> set[str]:
+            cls = type(self) if not path else self._envoy_class(path, module)
+            return set(dir(cls))
+
+        table = renaming.build_alias_table(self._module, self._rename, taken)
+        object.__setattr__(self, "_alias_table", table)
+        object.__setattr__(self, "_aliases", table.get("", {}))
+
+    def _envoy_class(self, path: str, module: torch.nn.Module) -> type[Envoy]:
+        """The Envoy class that wraps the module at `path` (`envoys=`)."""
+        if self._envoys is None:
+            return Envoy
+        return renaming.envoy_class(self._envoys, self._rename, path, module, Envoy)
+
+    def _change_module(
+        self, path: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """`module.to(...)`, `.eval()`, ... on the module at `path`, from an envoy's method."""
+        getattr(self._module_at(path), method)(*args, **kwargs)
+
+    def _before_direct_call(self) -> None:
+        """Called before `model(x)` outside a trace runs the module (lazy models load here)."""
 
     def trace(self, *args: Any, **kwargs: Any) -> Tracer:
         """A tracing context: `with model.trace(input) as tracer:`. The model runs on exit."""
@@ -170,7 +214,28 @@ class NNsight(Envoy):
     def _execute(
         self, graph: Graph, total_rows: int, key: Any = None, limits: Limits = LOCAL
     ) -> dict[int, Any]:
-        """Validate and optimize the graph, then run the model with it; return saved values."""
+        """Validate and optimize the graph, then run the model with it; return saved values.
+
+        An error the model itself raises (not our own, not the intervention code's, which
+        carry their lines already) gets a note naming the module that failed and the inputs.
+        """
+        try:
+            return self._execute_graph(graph, total_rows, key, limits)
+        except Exception as error:
+            if not isinstance(error, NNsightError):
+                failures.note_model_error(error, self._module, graph, key, self._input_hint())
+            raise
+
+    def _input_hint(self) -> str:
+        """What a note on an error of the model says about the inputs it takes."""
+        return (
+            "The trace passes its input to the module's forward unchanged: give it what "
+            f"{type(self._module).__name__}.forward takes"
+        )
+
+    def _execute_graph(
+        self, graph: Graph, total_rows: int, key: Any, limits: Limits
+    ) -> dict[int, Any]:
         guard = None
         if not graph.trusted:  # not recorded here: refuse before anything of it runs
             check_untrusted(graph, self._site_paths(), limits)

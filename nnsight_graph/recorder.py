@@ -91,7 +91,8 @@ class Recorder:
     caches: tuple[tuple[int, Any], ...] | list[tuple[int, Any]] = ()  # (CACHE node, Cache)
     saved_containers: tuple[Any, ...] | list[Any] = ()  # resolved after the run
 
-    def __init__(self) -> None:
+    def __init__(self, root: Any = None) -> None:
+        self.root = root  # the model whose modules this trace may read and write (None: any)
         self.nodes: list[Node] = []
         self.constants: list[Any] = []
         self.invokes: list[Invoke] = []

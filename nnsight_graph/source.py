@@ -49,6 +49,7 @@ class SourceView:
 def _operation(owner: Envoy, instrumented: Instrumented, name: str) -> OperationEnvoy:
     path = f"{owner._path}.source.{name}" if owner._path else f"source.{name}"
     operation = OperationEnvoy(owner._module, path)
+    object.__setattr__(operation, "_root", owner._root)  # reads check the traced model
     callee = resolve_callee(instrumented, name, owner._module)
     object.__setattr__(operation, "_callee", callee)
     return operation
@@ -103,6 +104,7 @@ class NestedSourceView:
             raise AttributeError(f"{self._operation._path} calls no {name!r}.{hint}")
         path = f"{self._operation._path}.source.{name}"
         operation = OperationEnvoy(self._operation._module, path)
+        object.__setattr__(operation, "_root", self._operation._root)
         callee = None
         if instrumented is not None:
             callee = resolve_callee(instrumented, name, None)

@@ -168,7 +168,7 @@ class Tracer(capture.CapturedBlock):
     def _enter_in_session(self) -> Tracer:
         """In a session the body runs inline (the session captured it); record only."""
         self._session = session.current()
-        recorder = Recorder()
+        recorder = Recorder(self.model._root)
         recorder.session = self._session
         self._recorder = recorder
         self._recording = recording(recorder)
@@ -225,7 +225,7 @@ class Tracer(capture.CapturedBlock):
         assert captured is not None
         body, namespace, local_vars = compiled_body(self, captured, frame)
         global_vars = frame.f_globals
-        recorder = self._recorder = Recorder()
+        recorder = self._recorder = Recorder(self.model._root)
         _ACTIVE.append(recorder)  # what `with recording(recorder):` does, without its calls
         try:
             if self.method == "edit":
