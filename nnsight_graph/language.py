@@ -3,6 +3,8 @@ left-padded batching of prompts, generation, and lazy (meta-device) loading of w
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -214,7 +216,7 @@ class LanguageModel(NNsight):
             output = self._module.generate(**kwargs, **options)
             return self._generator(output)
         mask = kwargs["attention_mask"]
-        if "position_ids" not in options:
+        if "position_ids" not in options and _takes_position_ids(type(self._module)):
             # left padding: positions count real tokens, so a padded prompt equals it alone
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             kwargs = {**kwargs, "position_ids": positions}
@@ -229,6 +231,16 @@ class LanguageModel(NNsight):
         for envoy in self.modules():
             if envoy is not self:
                 object.__setattr__(envoy, "_module", module.get_submodule(envoy._path))
+
+
+@functools.cache
+def _takes_position_ids(model_class: type) -> bool:
+    """Whether the model's forward can be given `position_ids`: it names them or takes any
+    keyword (BLOOM, whose alibi comes from the mask, and Mamba take and ignore them)."""
+    parameters = inspect.signature(model_class.forward).parameters.values()
+    return any(
+        p.name == "position_ids" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
 
 
 @contextmanager

@@ -568,3 +568,61 @@ def test_the_table_covers_the_issue_list() -> None:
     assert len(ARCHS) >= 26
     moe = [name for name, (config, _) in ARCHS.items() if "Mixtral" in config or "Moe" in config]
     assert moe == ["mixtral", "qwen2_moe"]
+
+
+# beyond the battery -----------------------------------------------------------------------------
+
+
+class _MaskOnly(torch.nn.Module):
+    """A causal LM whose forward takes only ids and a mask (no position_ids, no **kwargs)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_a_forward_without_position_ids_is_not_given_them(cases: Callable[[str], Case]) -> None:
+    bloom = cases("bloom")  # alibi: positions come from the mask, so padding stays exact
+    llm = LanguageModel(_MaskOnly(bloom.hf), tokenizer=bloom.llm.tokenizer)
+    with llm.trace() as tracer:
+        with tracer.invoke(SHORT):
+            short = llm.output.logits.save()
+        with tracer.invoke(LONG):
+            long = llm.output.logits.save()
+
+    for logits, prompt in ((short, SHORT), (long, LONG)):
+        expected, _ = plain(bloom, bloom.ids(prompt))
+        torch.testing.assert_close(logits[0, -len(expected) :], expected, atol=PADDED, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
+def test_scan_of_eager_experts_uses_batched_mm_and_restores(
+    name: str, cases: Callable[[str], Case]
+) -> None:
+    case = cases(name)
+    layers, hf = case.layers(case.llm), case.hf
+    used: list[str] = []
+    experts = next(m for m in hf.modules() if type(m).__name__.endswith("Experts"))
+    handle = experts.register_forward_pre_hook(
+        lambda m, a: used.append(m.config._experts_implementation)
+    )
+    hf.set_experts_implementation("eager")
+    try:
+        with case.llm.scan(SHORT):
+            shape = layers[0].output.shape
+        assert hf.get_experts_implementation() == {"": "eager"}
+        assert used == ["batched_mm"]
+        assert tuple(shape) == (1, len(case.ids(SHORT)), hf.config.hidden_size)
+        with pytest.raises(IndexError):
+            with case.llm.scan(SHORT):
+                layers[0].output[:, 100].save()
+        assert hf.get_experts_implementation() == {"": "eager"}  # restored after an error too
+        with case.llm.trace(SHORT):
+            out = layers[0].output.save()
+        assert used[-1] == "eager" and out.shape == shape  # a real run is left as it was
+    finally:
+        handle.remove()
+        hf.set_experts_implementation("grouped_mm")
