@@ -626,3 +626,17 @@ def test_scan_of_eager_experts_uses_batched_mm_and_restores(
     finally:
         handle.remove()
         hf.set_experts_implementation("grouped_mm")
+
+
+def test_scan_of_a_lazily_loaded_moe_model_loads_no_weights(
+    cases: Callable[[str], Case], tmp_path: Any
+) -> None:
+    case = cases("mixtral")
+    case.hf.save_pretrained(tmp_path)
+    case.llm.tokenizer.save_pretrained(tmp_path)
+    llm = LanguageModel(str(tmp_path))  # meta tensors until the first real run
+    with llm.scan(SHORT):
+        shape = llm.model.layers[0].output.shape
+    assert tuple(shape) == (1, len(case.ids(SHORT)), case.hf.config.hidden_size)
+    assert next(llm._module.parameters()).is_meta
+    assert llm._module.get_experts_implementation() == {"": "grouped_mm"}
