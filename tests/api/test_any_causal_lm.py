@@ -6,8 +6,10 @@ the shipped tiny GPT-2's tokenizer. Every check compares a trace with plain torc
 on the same model: hidden states (`output_hidden_states=True`), plain forward hooks, greedy
 `generate()` and `torch.autograd.grad`. A failing cell names the architecture and the check.
 
-Tolerances: values read from the same computation are compared with `EXACT` (1e-5); values of a
-left-padded batch, whose attention reductions run over other shapes, with `PADDED` (1e-4).
+Tolerances: values read from the same computation are compared with `EXACT` (1e-5 absolute;
+gradients also 1e-4 relative); values of a left-padded batch, whose attention reductions run over
+other shapes, with `PADDED` (1e-4). The cases of the former test_architectures.py (Llama and
+GPT-NeoX only) are checks of this battery now.
 """
 
 from __future__ import annotations
