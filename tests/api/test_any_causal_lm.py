@@ -421,7 +421,7 @@ def test_source_call_site_equals_a_plain_hook(case: Case) -> None:
     layers = case.layers(llm)
     block = case.layers(case.hf)[0]
     sites = dir(layers[0].source)
-    # the first submodule the block's forward calls exactly once (a norm, the attention, ...)
+    # a submodule the block's forward calls exactly once (a norm, the attention, the mixer, ...)
     name = next(
         site
         for site in sites
@@ -432,11 +432,6 @@ def test_source_call_site_equals_a_plain_hook(case: Case) -> None:
     )
     submodule = getattr(block, name[5:-2])
     assert name in str(layers[0].source)
-    with llm.trace(SHORT):
-        site = getattr(layers[0].source, name)
-        value = site.output.save()
-        logits = llm.output.logits.save()
-
     seen: list[Any] = []
     handle = submodule.register_forward_hook(lambda m, a, o: seen.append(o))
     try:
@@ -444,8 +439,31 @@ def test_source_call_site_equals_a_plain_hook(case: Case) -> None:
     finally:
         handle.remove()
     assert len(seen) == 1
+    returns_tuple = isinstance(seen[0], tuple)  # an attention returns (output, weights)
+
+    with llm.trace(SHORT):
+        site = getattr(layers[0].source, name)
+        value = site.output.save()
+        logits = llm.output.logits.save()
     torch.testing.assert_close(value, seen[0], atol=EXACT, rtol=0)
     torch.testing.assert_close(logits[0], expected, atol=EXACT, rtol=0)
+
+    with llm.trace(SHORT):
+        hidden(getattr(layers[0].source, name).output, returns_tuple)[:, 1] = 0
+        edited = llm.output.logits.save()
+
+    def zero_position_one(module: Any, args: Any, output: Any) -> Any:
+        states = hidden(output, returns_tuple).clone()
+        states[:, 1] = 0
+        return (states, *output[1:]) if returns_tuple else states
+
+    handle = submodule.register_forward_hook(zero_position_one)
+    try:
+        expected_edited, _ = plain(case, case.ids(SHORT))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(edited[0], expected_edited, atol=EXACT, rtol=0)
+    assert not torch.allclose(edited[0], expected, atol=EXACT)
     assert "forward" not in block.__dict__  # the instrumented forward is gone again
 
 
