@@ -3,7 +3,10 @@ left-padded batching of prompts, generation, and lazy (meta-device) loading of w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,6 +19,11 @@ from .tracer import Tracer
 
 # trace() keywords that are tokenizer inputs of the implicit invoke, not model options
 _INPUT_KEYS = ("input_ids", "attention_mask")
+
+# mixture-of-experts implementations that fake tensors cannot run: "grouped_mm" calls
+# torch._grouped_mm, whose fake kernel takes only bf16 on CPU; "eager" loops over the experts
+# that got tokens (nonzero(), whose shape depends on the values)
+_FAKE_UNSAFE_EXPERTS = ("grouped_mm", "eager")
 
 
 class _Generator(torch.nn.Module):
@@ -255,13 +263,14 @@ class LanguageModel(NNsight):
             options = {"pad_token_id": pad, **options}
             output = self._module.generate(**kwargs, **options)
             return self._generator(output)
-        if method == "scan":
-            options = {**options, "use_cache": False}
         mask = kwargs["attention_mask"]
-        if "position_ids" not in options:
+        if "position_ids" not in options and _takes_position_ids(type(self._module)):
             # left padding: positions count real tokens, so a padded prompt equals it alone
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             kwargs = {**kwargs, "position_ids": positions}
+        if method == "scan":
+            with _experts_for_fake_tensors(self._module):
+                return self._module(**kwargs, **{**options, "use_cache": False})
         return self._module(**kwargs, **options)
 
     def _swap(self, module: torch.nn.Module) -> None:
@@ -285,6 +294,33 @@ def _target_device(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         index = args[0] if args else kwargs.get("device")
         return torch.device("cuda", index) if isinstance(index, int) else torch.device("cuda")
     return torch._C._nn._parse_to(*args, **kwargs)[0]
+
+
+@functools.cache
+def _takes_position_ids(model_class: type) -> bool:
+    """Whether the model's forward can be given `position_ids`: it names them or takes any
+    keyword (BLOOM, whose alibi comes from the mask, and Mamba take and ignore them)."""
+    parameters = inspect.signature(model_class.forward).parameters.values()
+    return any(
+        p.name == "position_ids" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
+
+
+@contextmanager
+def _experts_for_fake_tensors(module: torch.nn.Module) -> Iterator[None]:
+    """While a scan runs, experts layers use transformers' "batched_mm" (gathered weights and
+    batched matmuls: shapes that do not depend on the routing); restored afterwards."""
+    get = getattr(module, "get_experts_implementation", None)
+    current = get() if get is not None else {}
+    wanted = {k: "batched_mm" if v in _FAKE_UNSAFE_EXPERTS else v for k, v in current.items()}
+    if wanted == current:
+        yield
+        return
+    module.set_experts_implementation(wanted)
+    try:
+        yield
+    finally:
+        module.set_experts_implementation(current)
 
 
 def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
