@@ -17,8 +17,34 @@ from .tracer import Tracer
 _INPUT_KEYS = ("input_ids", "attention_mask")
 
 
+class _Streamer(torch.nn.Module):
+    """`llm.generator.streamer`: generate() hands it the prompt ids, then each step's new
+    tokens (transformers' streamer protocol), so its output at step k is the k-th of those.
+    A streamer of the user's own (`generate(..., streamer=s)`) gets every value after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user: Any = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids
+
+    def put(self, value: torch.Tensor) -> None:
+        value = self(value)
+        if self.user is not None:
+            self.user.put(value)
+
+    def end(self) -> None:
+        if self.user is not None:
+            self.user.end()
+
+
 class _Generator(torch.nn.Module):
     """Stands for `model.generate(...)`: its output is the generated ids (`llm.generator`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streamer = _Streamer()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return ids
@@ -40,6 +66,12 @@ class LanguageModel(NNsight):
     of strings, token ids (a list or a tensor) or tokenizer output; prompts of different
     lengths are padded on the left, with an attention mask.
     """
+
+    # modules of generate() outside the model: `tracer.cache()` keeps them in a generate()
+    _GENERATION_MODULES = ("generator", "generator.streamer")
+    # sites called once more than the model per generate() (the prompt, then each token):
+    # an open `tracer.iter[:]` that reads one runs a last step to reach its last call
+    _LATE_SITES = frozenset(f"generator.streamer.{what}" for what in ("output", "input", "inputs"))
 
     def __init__(
         self,
@@ -95,6 +127,11 @@ class LanguageModel(NNsight):
         """A tracing context around `model.generate(...)`; keywords go to generate()."""
         return Tracer(self, inputs, kwargs, method="generate")
 
+    @property
+    def dispatched(self) -> bool:
+        """Whether the real weights are loaded (False while the model holds meta tensors)."""
+        return bool(self._loaded)
+
     def dispatch(self) -> None:
         """Load the real weights now (a model built lazily holds meta tensors until then)."""
         if self._loaded:
@@ -128,6 +165,8 @@ class LanguageModel(NNsight):
     def _module_at(self, path: str) -> torch.nn.Module:
         if path == "generator":
             return self._generator
+        if path.startswith("generator."):
+            return self._generator.get_submodule(path[len("generator.") :])
         return super()._module_at(path)
 
     def _batch_rows(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
@@ -203,10 +242,7 @@ class LanguageModel(NNsight):
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
     ) -> Any:
         if method == "generate":
-            pad = self.tokenizer.pad_token_id
-            options = {"pad_token_id": pad, **options}
-            output = self._module.generate(**kwargs, **options)
-            return self._generator(output)
+            return self._generate(kwargs, options)
         if method == "scan":
             options = {**options, "use_cache": False}
         mask = kwargs["attention_mask"]
@@ -215,6 +251,20 @@ class LanguageModel(NNsight):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             kwargs = {**kwargs, "position_ids": positions}
         return self._module(**kwargs, **options)
+
+    def _generate(self, kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+        """`model.generate(...)` with the generator's streamer: its ids pass `llm.generator`."""
+        options = {"pad_token_id": self.tokenizer.pad_token_id, **options}
+        streamer = self._generator.streamer
+        beams = options.get("num_beams", getattr(self._module.generation_config, "num_beams", 1))
+        if (beams or 1) <= 1:  # transformers refuses a streamer with beam search
+            streamer.user = options.get("streamer")
+            options["streamer"] = streamer
+        try:
+            output = self._module.generate(**kwargs, **options)
+        finally:
+            streamer.user = None
+        return self._generator(output)
 
     def _swap(self, module: torch.nn.Module) -> None:
         """Replace the wrapped (meta) model by a loaded one, keeping existing envoys valid."""
