@@ -8,6 +8,8 @@ import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .ir import GraphBuildError
 
 if TYPE_CHECKING:
@@ -22,18 +24,61 @@ def key_of(path: str) -> str:
     return f"{ROOT}.{path}" if path else ROOT
 
 
-def module_path(model: Envoy, module: Any) -> str:
+def cache_paths(model: Envoy, method: str, modules: list[Any] | None) -> list[str]:
+    """The module paths `tracer.cache(modules=...)` names (None: every module, and in a
+    generate() the modules generate() adds, such as `llm.generator.streamer`)."""
+    extra = getattr(type(model), "_GENERATION_MODULES", ())
+    if modules is None:
+        paths = [envoy._path for envoy in model.modules()]
+        return paths + list(extra) if method == "generate" else paths
+    if _is_envoy(modules) or isinstance(modules, str):
+        modules = [modules]
+    known = {envoy._path for envoy in model.modules()} | set(extra)
+    return list(dict.fromkeys(module_path(known, m) for m in modules))
+
+
+def cache_kinds(include_output: bool, include_inputs: bool) -> list[str]:
+    """The hook kinds a cache listens to."""
+    kinds = (["output"] if include_output else []) + (["input"] if include_inputs else [])
+    if not kinds:
+        raise GraphBuildError(
+            "tracer.cache(include_output=False, include_inputs=False) caches nothing: keep at "
+            "least one of them"
+        )
+    return kinds
+
+
+def cache_options(device: Any, dtype: Any) -> dict[str, Any]:
+    """tracer.cache()'s device and dtype as the CACHE node stores them: names, or None."""
+    options: dict[str, Any] = {"device": None, "dtype": None}
+    if device is not None:
+        try:
+            options["device"] = str(torch.device(device))
+        except (RuntimeError, TypeError) as error:
+            raise GraphBuildError(
+                f'tracer.cache(device={device!r}) is not a torch device: pass "cpu", '
+                '"cuda:0", a torch.device, or None to leave values where they are'
+            ) from error
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype):
+            raise GraphBuildError(
+                f"tracer.cache(dtype={dtype!r}): pass a torch dtype such as torch.float16"
+            )
+        options["dtype"] = str(dtype).removeprefix("torch.")
+    return options
+
+
+def module_path(known: set[str], module: Any) -> str:
     """The module path (`""` for the root) that an entry of `tracer.cache(modules=[...])`
     names: an envoy, or a string, either a cache key ("model.transformer.h.0") or a path
-    below the model ("transformer.h.0")."""
-    if getattr(module, "_nnsight_envoy", False):
+    below the model ("transformer.h.0"); `known` holds the model's module paths."""
+    if _is_envoy(module):
         return module._path  # type: ignore[no-any-return]
     if not isinstance(module, str):
         raise GraphBuildError(
             "tracer.cache(modules=[...]) takes modules (model.transformer.h[0]) or their paths "
             f'("model.transformer.h.0"), not {type(module).__name__}'
         )
-    known = {envoy._path for envoy in model.modules()}
     if module == ROOT:
         return ""
     if module.startswith(f"{ROOT}.") and module[len(ROOT) + 1 :] in known:
@@ -165,6 +210,8 @@ class CacheView:
 
     def __getitem__(self, key: str | int) -> CacheView:
         if isinstance(key, int):
+            if self._envoy is None and self._path is not None:  # a loaded cache: by name
+                return CacheView(self._cache, None, f"{self._path}.{key}")
             if self._envoy is None:
                 raise TypeError(
                     'index the cache with a module key (cache["model.transformer.h.0"]); '
@@ -246,9 +293,14 @@ class CacheView:
         return view
 
     def _view(self, node: Any) -> CacheView:
-        if not getattr(node, "_nnsight_envoy", False):
+        if not _is_envoy(node):
             raise AttributeError(f"{type(node).__name__} is not a module of the model")
         return CacheView(self._cache, node)
+
+
+def _is_envoy(value: Any) -> bool:
+    # asked of the class: asking a Proxy itself would record an attribute read
+    return bool(getattr(type(value), "_nnsight_envoy", False))
 
 
 def new_cache(model: Envoy) -> tuple[Cache, CacheView]:

@@ -6,14 +6,12 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from . import capture, conditions, frames, saving, session, transform
-from .cache import CacheView, module_path, new_cache
+from .cache import CacheView, cache_kinds, cache_options, cache_paths, new_cache
 from .extras import Barrier
 from .ir import Graph, GraphBuildError, NNsightError, Op
 from .proxy import Proxy
-from .recorder import _ACTIVE, Recorder, active, recording
+from .recorder import _ACTIVE, Recorder, active, recording, user_location
 from .steps import IterIndexer, StepRange, is_steps
 
 if TYPE_CHECKING:
@@ -131,24 +129,17 @@ class Tracer(capture.CapturedBlock):
         signature; the copies here are synchronous.
         """
         recorder = self._require_recorder("tracer.cache()")
-        if self.method == "edit":
-            raise GraphBuildError(
-                "tracer.cache() cannot be part of an edit: call it in the trace of the edited "
-                "model instead"
-            )
-        if modules is None:
-            paths = [envoy._path for envoy in self.model.modules()]
-            if self.method == "generate":  # the modules generate() adds (llm.generator, ...)
-                paths.extend(getattr(type(self.model), "_GENERATION_MODULES", ()))
-        else:
-            paths = list(dict.fromkeys(module_path(self.model, m) for m in modules))
-        kinds = (["output"] if include_output else []) + (["input"] if include_inputs else [])
-        if not kinds:
-            raise GraphBuildError(
-                "tracer.cache(include_output=False, include_inputs=False) caches nothing: keep "
-                "at least one of them"
-            )
-        options = _cache_options(device, dtype)
+        try:
+            if self.method == "edit":
+                raise GraphBuildError(
+                    "tracer.cache() cannot be part of an edit: call it in the trace of the "
+                    "edited model instead"
+                )
+            paths = cache_paths(self.model, self.method, modules)
+            kinds = cache_kinds(include_output, include_inputs)
+            options = cache_options(device, dtype)
+        except GraphBuildError as error:
+            raise GraphBuildError(f"{user_location()}: {error}") from None
         node = recorder.add(
             Op.CACHE, "cache", (), paths=paths, kinds=kinds, detach=bool(detach), **options
         )
@@ -180,7 +171,10 @@ class Tracer(capture.CapturedBlock):
         if self.method == "edit" and not self.call_kwargs.get("inplace"):
             self._edited = self.model._edit_copy()  # what the block's `as` name stands for
         self._capture()
-        return self._as_value()  # type: ignore[return-value]
+        value = self._as_value()
+        if self._captured is not None and self._captured.empty:
+            capture.target_values(self._captured, value)  # Python unpacks it: say what is wrong
+        return value  # type: ignore[no-any-return]
 
     def _as_value(self) -> Any:
         """What the block's `as` name is bound to: this tracer; for `model.edit()`, the
@@ -315,31 +309,13 @@ class ResultProxy(Proxy):
         return super().__call__(*args, **kwargs)
 
 
-def _cache_options(device: Any, dtype: Any) -> dict[str, Any]:
-    """tracer.cache()'s device and dtype as the CACHE node stores them: names, or None."""
-    options: dict[str, Any] = {"device": None, "dtype": None}
-    if device is not None:
-        try:
-            options["device"] = str(torch.device(device))
-        except (RuntimeError, TypeError) as error:
-            raise GraphBuildError(
-                f'tracer.cache(device={device!r}): not a torch device; pass "cpu", '
-                '"cuda:0", a torch.device or None (leave values where they are)'
-            ) from error
-    if dtype is not None:
-        if not isinstance(dtype, torch.dtype):
-            raise GraphBuildError(
-                f"tracer.cache(dtype={dtype!r}): pass a torch dtype such as torch.float16"
-            )
-        options["dtype"] = str(dtype).removeprefix("torch.")
-    return options
-
-
 def _deliver(recorder: Recorder, saved: dict[int, Any]) -> None:
     """Hand a trace's saved values to its recorder, its caches and its saved containers."""
     recorder.results = saved
     for node, cache in recorder.caches:
-        cache.fill(saved.get(node, {}))
+        values = saved.get(node)
+        if values is not None:  # the model ran (not run=False, not an edit)
+            cache.fill(values)
     for container in recorder.saved_containers:
         saving.resolve("a saved container", container)
 
