@@ -19,18 +19,24 @@ _INPUT_KEYS = ("input_ids", "attention_mask")
 
 class _Streamer(torch.nn.Module):
     """`llm.generator.streamer`: generate() hands it the prompt ids, then each step's new
-    tokens (transformers' streamer protocol), so its output at step k is the k-th of those.
-    A streamer of the user's own (`generate(..., streamer=s)`) gets every value after it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.user: Any = None
+    tokens (transformers' streamer protocol), so its output at step k is the k-th of those."""
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return ids
 
+
+class _Stream:
+    """The streamer one generate() call is given: each value passes `llm.generator.streamer`
+    (where a trace reads or replaces it), then the user's own streamer, if any."""
+
+    __slots__ = ("module", "user")
+
+    def __init__(self, module: _Streamer, user: Any) -> None:
+        self.module = module
+        self.user = user
+
     def put(self, value: torch.Tensor) -> None:
-        value = self(value)
+        value = self.module(value)
         if self.user is not None:
             self.user.put(value)
 
@@ -255,16 +261,10 @@ class LanguageModel(NNsight):
     def _generate(self, kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
         """`model.generate(...)` with the generator's streamer: its ids pass `llm.generator`."""
         options = {"pad_token_id": self.tokenizer.pad_token_id, **options}
-        streamer = self._generator.streamer
         beams = options.get("num_beams", getattr(self._module.generation_config, "num_beams", 1))
         if (beams or 1) <= 1:  # transformers refuses a streamer with beam search
-            streamer.user = options.get("streamer")
-            options["streamer"] = streamer
-        try:
-            output = self._module.generate(**kwargs, **options)
-        finally:
-            streamer.user = None
-        return self._generator(output)
+            options["streamer"] = _Stream(self._generator.streamer, options.get("streamer"))
+        return self._generator(self._module.generate(**kwargs, **options))
 
     def _swap(self, module: torch.nn.Module) -> None:
         """Replace the wrapped (meta) model by a loaded one, keeping existing envoys valid."""
