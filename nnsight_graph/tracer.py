@@ -171,9 +171,12 @@ class Tracer(capture.CapturedBlock):
         if self.method == "edit" and not self.call_kwargs.get("inplace"):
             self._edited = self.model._edit_copy()  # what the block's `as` name stands for
         self._capture()
+        captured = self._captured
+        if self._edited is None and (captured is None or type(captured.target) is not tuple):
+            return self  # the common case
         value = self._as_value()
-        if self._captured is not None and self._captured.empty:
-            capture.target_values(self._captured, value)  # Python unpacks it: say what is wrong
+        if captured is not None and captured.empty:
+            capture.target_values(captured, value)  # Python unpacks it: say what is wrong
         return value  # type: ignore[no-any-return]
 
     def _as_value(self) -> Any:
@@ -292,8 +295,12 @@ class Tracer(capture.CapturedBlock):
         values = saving.bound_values(captured.stored, variables)
         if captured.attribute_stores:
             _resolve_attributes(captured, variables, global_vars)
-        for name, value in capture.target_values(captured, self._as_value()).items():
-            values.setdefault(name, value)
+        target = captured.target
+        if type(target) is str and self._edited is None:
+            values.setdefault(target, self)
+        elif target is not None:
+            for name, value in capture.target_values(captured, self._as_value()).items():
+                values.setdefault(name, value)
         frames.bind(frame, values, local_vars)
 
 
@@ -376,7 +383,10 @@ def compiled_body(
     `block`), and the caller's variables, read once: on a function frame each read copies."""
     local_vars = frame.f_locals
     namespace = _namespace(captured, local_vars, frame.f_globals)
-    if captured.target is not None:
+    target = captured.target
+    if type(target) is str and getattr(block, "_edited", None) is None:
+        namespace[target] = block
+    elif target is not None:
         as_value = block._as_value() if isinstance(block, Tracer) else block
         namespace.update(capture.target_values(captured, as_value))
     return capture.compile_body(captured, tuple(namespace), frame.f_globals), namespace, local_vars
