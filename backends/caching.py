@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..ir import Graph, Node
+from ..ir import Graph, Node, ValidationError
 from .batching import narrow
 
 
@@ -34,7 +34,6 @@ class CacheSpec:
             invoke = graph.invokes[node.invoke]
             start, stop = invoke.start, invoke.stop
         device = kwargs.get("device")
-        dtype = kwargs.get("dtype")
         return cls(
             node.id,
             tuple(kwargs["paths"]),
@@ -42,7 +41,7 @@ class CacheSpec:
             start,
             stop,
             torch.device(device) if device is not None else None,
-            getattr(torch, dtype) if dtype is not None else None,
+            _dtype(node, kwargs.get("dtype")),
             bool(kwargs.get("detach", True)),
         )
 
@@ -62,6 +61,16 @@ class CacheSpec:
             dtype = self.dtype if self.dtype is not None and tensor.is_floating_point() else None
             tensor = tensor.to(device=self.device, dtype=dtype)
         return tensor
+
+
+def _dtype(node: Node, name: Any) -> torch.dtype | None:
+    """The dtype a CACHE node names ("float16"); only dtypes, whatever a loaded graph says."""
+    if name is None:
+        return None
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValidationError(f"{node} names {name!r} as its dtype, which is not a torch dtype")
+    return dtype
 
 
 def _map_tensors(value: Any, function: Any) -> Any:

@@ -272,3 +272,17 @@ def test_an_edit_cannot_hold_a_cache(model):
     with pytest.raises(nnsight.GraphBuildError, match="cannot be part of an edit"):
         with model.edit() as (tracer, edited):
             tracer.cache()
+
+
+def test_a_loaded_cache_node_may_name_only_a_dtype(model):
+    from dataclasses import replace
+
+    with model.trace(torch.rand(2, 5), run=False) as tracer:
+        tracer.cache(modules=[model.layer1])
+    graph = tracer.graph
+    nodes = [
+        n._replace(kwargs={**n.kwargs, "dtype": "load"}) if n.op == "cache" else n
+        for n in graph.nodes
+    ]
+    with pytest.raises(nnsight.ValidationError, match="'load' as its dtype, which is not a torch"):
+        model.run(replace(graph, nodes=nodes))
