@@ -95,19 +95,28 @@ class Run(GradientSteps):
         step = self.fired.get(site, 0)
         self.fired[site] = step + 1
         box = SiteValue(value, site[1])
-        while True:
-            for cursor in self.cursors:
-                if cursor.position < len(cursor.nodes):
-                    self.advance(cursor, site, step, box)
-                    if cursor.waiting_for is not None:
-                        self.check_wait_can_end(cursor)
-            if not self.released:
-                break
-            self.released = False  # a barrier opened: the invokes waiting at it go on
+        try:
+            while True:
+                for cursor in self.cursors:
+                    if cursor.position < len(cursor.nodes):
+                        self.advance(cursor, site, step, box)
+                        if cursor.waiting_for is not None:
+                            self.check_wait_can_end(cursor)
+                if not self.released:
+                    break
+                self.released = False  # a barrier opened: the invokes waiting at it go on
+        except StopRun:
+            if self.plan.cached:  # tracer.stop() ends the run after this site, not before it
+                self.keep(site, box.full)
+            raise
         if self.plan.cached:
-            for cache in self.plan.cached.get(site, ()):
-                self.cache[cache].setdefault(site, []).append(box.full)
+            self.keep(site, box.full)
         return box.full
+
+    def keep(self, site: Site, value: Any) -> None:
+        """Give the caches listening at this site their rows of its final value."""
+        for spec in self.plan.cached.get(site, ()):
+            self.cache[spec.id].setdefault(site, []).append(spec.keep(value, self.total))
 
     # cursors -----------------------------------------------------------------------------
 

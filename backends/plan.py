@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..ir import HOOKED, Const, Graph, Node, Op, Ref
+from .caching import CacheSpec
 
 INPUT = "input"
 OUTPUT = "output"
@@ -44,8 +45,8 @@ class Plan:
     skips: set[str] = field(default_factory=set)  # modules whose forward may be skipped
     sources: set[str] = field(default_factory=set)  # modules whose call sites are read
     expanded: set[str] = field(default_factory=set)  # call sites whose callee is traced too
-    caches: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
-    cached: dict[Site, list[int]] = field(default_factory=dict)  # site -> CACHE nodes
+    caches: dict[int, CacheSpec] = field(default_factory=dict)  # CACHE node -> what it keeps
+    cached: dict[Site, list[CacheSpec]] = field(default_factory=dict)  # site -> its caches
     straight: Any = None  # a StraightPlan when the straight-line executor can run this plan
 
     @classmethod
@@ -76,12 +77,11 @@ class Plan:
                 if kind == "skip":
                     plan.skips.add(site[0])
             elif node.op is Op.CACHE:
-                paths, kinds = tuple(node.kwargs["paths"]), tuple(node.kwargs["kinds"])
-                plan.caches[node.id] = (paths, kinds)
-                for path in paths:
-                    for kind in kinds:
+                spec = plan.caches[node.id] = CacheSpec.of(node, graph)
+                for path in spec.paths:
+                    for kind in spec.kinds:
                         plan.modules.setdefault(path, set()).add(kind)
-                        plan.cached.setdefault((path, kind), []).append(node.id)
+                        plan.cached.setdefault((path, kind), []).append(spec)
             ids = tuple(ref.id for ref in node.inputs())
             plan.inputs[node.id] = ids
             for id in ids:

@@ -41,7 +41,7 @@ class CapturedBody:
     stored: tuple[str, ...]
     empty: bool  # only `pass`, `...` or strings: nothing runs, so nothing needs skipping
     mutated: tuple[str, ...]  # names whose object the body changes: `x.append(...)`, `x[k] = v`
-    target: str | None  # the `as` name of the `with` statement
+    target: str | tuple[str, ...] | None  # the `as` name(s) of the `with` statement
     attribute_stores: tuple[tuple[str, str], ...]  # `obj.attr = ...` in the body: (obj, attr)
 
     @cached_property
@@ -169,14 +169,34 @@ def _capture(statement: ast.With, file: str) -> CapturedBody:
     )
 
 
-def _target_name(statement: ast.With, file: str) -> str | None:
+def _target_name(statement: ast.With, file: str) -> str | tuple[str, ...] | None:
     target = statement.items[0].optional_vars
     if target is None or isinstance(target, ast.Name):
         return target.id if target is not None else None
+    if isinstance(target, (ast.Tuple, ast.List)) and all(
+        isinstance(name, ast.Name) for name in target.elts
+    ):  # `with model.edit() as (tracer, edited):`
+        return tuple(name.id for name in target.elts)  # type: ignore[attr-defined]
     raise TraceCaptureError(
         f"{file}:{statement.lineno}: bind the tracer to a plain name "
         "(`with model.trace(input) as tracer:`)"
     )
+
+
+def target_values(captured: CapturedBody, value: Any) -> dict[str, Any]:
+    """The `as` names of the block bound to `value`, which a tuple of names unpacks."""
+    target = captured.target
+    if target is None:
+        return {}
+    if isinstance(target, str):
+        return {target: value}
+    if not isinstance(value, tuple) or len(value) != len(target):
+        raise TraceCaptureError(
+            f"{captured.file}:{captured.line}: `as ({', '.join(target)})` cannot unpack this "
+            "block's value; bind it to one name (`with model.trace(input) as tracer:`), or "
+            "write `with model.edit() as (tracer, edited):`"
+        )
+    return dict(zip(target, value, strict=True))
 
 
 _MUTATORS = frozenset({"append", "extend", "insert", "update", "add", "setdefault", "__setitem__"})

@@ -26,8 +26,40 @@ _INPUT_KEYS = ("input_ids", "attention_mask")
 _FAKE_UNSAFE_EXPERTS = ("grouped_mm", "eager")
 
 
+class _Streamer(torch.nn.Module):
+    """`llm.generator.streamer`: generate() hands it the prompt ids, then each step's new
+    tokens (transformers' streamer protocol), so its output at step k is the k-th of those."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids
+
+
+class _Stream:
+    """The streamer one generate() call is given: each value passes `llm.generator.streamer`
+    (where a trace reads or replaces it), then the user's own streamer, if any."""
+
+    __slots__ = ("module", "user")
+
+    def __init__(self, module: _Streamer, user: Any) -> None:
+        self.module = module
+        self.user = user
+
+    def put(self, value: torch.Tensor) -> None:
+        value = self.module(value)
+        if self.user is not None:
+            self.user.put(value)
+
+    def end(self) -> None:
+        if self.user is not None:
+            self.user.end()
+
+
 class _Generator(torch.nn.Module):
     """Stands for `model.generate(...)`: its output is the generated ids (`llm.generator`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streamer = _Streamer()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return ids
@@ -49,6 +81,12 @@ class LanguageModel(NNsight):
     of strings, token ids (a list or a tensor) or tokenizer output; prompts of different
     lengths are padded on the left, with an attention mask.
     """
+
+    # modules of generate() outside the model: `tracer.cache()` keeps them in a generate()
+    _GENERATION_MODULES = ("generator", "generator.streamer")
+    # sites called once more than the model per generate() (the prompt, then each token):
+    # an open `tracer.iter[:]` that reads one runs a last step to reach its last call
+    _LATE_SITES = frozenset(f"generator.streamer.{what}" for what in ("output", "input", "inputs"))
 
     def __init__(
         self,
@@ -108,6 +146,11 @@ class LanguageModel(NNsight):
     def generate(self, *inputs: Any, **kwargs: Any) -> Tracer:
         """A tracing context around `model.generate(...)`; keywords go to generate()."""
         return Tracer(self, inputs, kwargs, method="generate")
+
+    @property
+    def dispatched(self) -> bool:
+        """Whether the real weights are loaded (False while the model holds meta tensors)."""
+        return bool(self._loaded)
 
     def dispatch(self) -> None:
         """Load the real weights now (a model built lazily holds meta tensors until then)."""
@@ -177,11 +220,17 @@ class LanguageModel(NNsight):
         return int(new_tokens) if new_tokens is not None else None
 
     def _site_paths(self) -> set[str]:
-        return {*super()._site_paths(), "generator"}
+        generator = (
+            f"generator.{name}" if name else "generator"
+            for name, _ in self._generator.named_modules()
+        )
+        return {*super()._site_paths(), *generator}
 
     def _module_at(self, path: str) -> torch.nn.Module:
         if path == "generator":
             return self._generator
+        if path.startswith("generator."):
+            return self._generator.get_submodule(path[len("generator.") :])
         return super()._module_at(path)
 
     def _batch_rows(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
@@ -259,10 +308,7 @@ class LanguageModel(NNsight):
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
     ) -> Any:
         if method == "generate":
-            pad = self.tokenizer.pad_token_id
-            options = {"pad_token_id": pad, **options}
-            output = self._module.generate(**kwargs, **options)
-            return self._generator(output)
+            return self._generate(kwargs, options)
         mask = kwargs["attention_mask"]
         if "position_ids" not in options and _takes_position_ids(type(self._module)):
             # left padding: positions count real tokens, so a padded prompt equals it alone
@@ -272,6 +318,14 @@ class LanguageModel(NNsight):
             with _experts_for_fake_tensors(self._module):
                 return self._module(**kwargs, **{**options, "use_cache": False})
         return self._module(**kwargs, **options)
+
+    def _generate(self, kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+        """`model.generate(...)` with the generator's streamer: its ids pass `llm.generator`."""
+        options = {"pad_token_id": self.tokenizer.pad_token_id, **options}
+        beams = options.get("num_beams", getattr(self._module.generation_config, "num_beams", 1))
+        if (beams or 1) <= 1:  # transformers refuses a streamer with beam search
+            options["streamer"] = _Stream(self._generator.streamer, options.get("streamer"))
+        return self._generator(self._module.generate(**kwargs, **options))
 
     def _swap(self, module: torch.nn.Module) -> None:
         """Replace the wrapped (meta) model by a loaded one, keeping existing envoys valid."""

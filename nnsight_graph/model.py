@@ -100,8 +100,9 @@ class NNsight(Envoy):
     def edit(self, *, inplace: bool = False) -> Tracer:
         """Record interventions that every later trace applies first.
 
-        `with model.edit() as edited:` gives a new model sharing the weights (the original
-        is untouched); `model.edit(inplace=True)` edits this model. `clear_edits()` undoes.
+        `with model.edit() as edited:` binds a new model sharing the weights, inside the
+        block and after it (the original is untouched; `as (tracer, edited)` binds both);
+        `model.edit(inplace=True)` edits this model. `clear_edits()` undoes.
         """
         return Tracer(self, (), {"inplace": inplace}, method="edit")
 
@@ -109,14 +110,16 @@ class NNsight(Envoy):
         """Remove the edits made with `edit(inplace=True)`."""
         object.__setattr__(self, "_edits", [])
 
-    def _add_edit(self, graph: Graph, inplace: bool) -> NNsight:
-        if inplace:
-            object.__setattr__(self, "_edits", [*self._edits, graph])
-            return self
+    def _edit_copy(self) -> NNsight:
+        """A copy for `edit()`: it shares the weights and the edits so far, no plans."""
         edited = copy.copy(self)
-        object.__setattr__(edited, "_edits", [*self._edits, graph])
+        object.__setattr__(edited, "_edits", list(self._edits))
         object.__setattr__(edited, "_plans", {})
         return edited
+
+    def _add_edit(self, graph: Graph) -> None:
+        """Apply `graph` first in every later trace of this model."""
+        object.__setattr__(self, "_edits", [*self._edits, graph])
 
     def scan(self, *args: Any, **kwargs: Any) -> Tracer:
         """Like trace(), but computes only shapes and dtypes (fake tensors), no real compute.

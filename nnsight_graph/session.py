@@ -60,8 +60,8 @@ class Session(capture.CapturedBlock):
         for tracer in self.traces:
             tracer._run_in_session()
         values = saving.bound_values(captured.stored, variables)
-        if captured.target is not None:
-            values.setdefault(captured.target, self)
+        for name, value in capture.target_values(captured, self).items():
+            values.setdefault(name, value)
         frames.bind(frame, values, local_vars)
 
 

@@ -22,15 +22,17 @@ class StepRange:
     source transform turns it into a loop); outside a body it can be iterated directly.
     """
 
-    def __init__(self, tracer: Tracer, steps: list[int]) -> None:
+    def __init__(self, tracer: Tracer, steps: list[int], open_ended: bool = False) -> None:
         self.tracer = tracer
         self.steps = steps
+        self.open_ended = open_ended  # `iter[a:]`: every step there is
 
     def __iter__(self) -> Iterator[int]:
         recorder = self.tracer._require_recorder("tracer.iter")
         before = recorder.step
         optional = recorder.optional_from
         last = before
+        first_node = len(recorder.nodes)
         try:
             for step in self.steps:
                 recorder.step = step
@@ -38,12 +40,27 @@ class StepRange:
                     recorder.optional_from = step
                 last = step
                 yield step
+            if self.open_ended and self.steps and self._reads_late_site(first_node):
+                # a site called once more than the model (generate()'s streamer, which sees
+                # the prompt first): an open range runs one more step, to reach its last call
+                last = recorder.step = self.steps[-1] + 1
+                if optional is None:
+                    recorder.optional_from = last
+                yield last
         finally:
             # after the loop, generation goes on at the next step; in one forward pass the
             # steps are calls of a module, and other modules' reads refer to their own calls
             generating = self.tracer.method == "generate"
             recorder.step = last + 1 if generating and self.steps else before
             recorder.optional_from = optional
+
+    def _reads_late_site(self, first_node: int) -> bool:
+        tracer = self.tracer
+        late = getattr(type(tracer.model), "_LATE_SITES", None)
+        if not late or tracer.method != "generate":
+            return False
+        nodes = tracer._require_recorder("tracer.iter").nodes
+        return any(node.target in late for node in nodes[first_node:])
 
     def __enter__(self) -> int:
         raise GraphBuildError(
@@ -71,7 +88,9 @@ class IterIndexer:
                 )
             stop = key.stop if key.stop is not None else limit
             steps = list(range(stop))[key.start : None : key.step]
-            return StepRange(self.tracer, steps)
+            return StepRange(
+                self.tracer, steps, open_ended=key.stop is None and key.step in (None, 1)
+            )
         if isinstance(key, int):
             return StepRange(self.tracer, [key])
         if isinstance(key, (list, tuple)) and all(isinstance(k, int) for k in key):

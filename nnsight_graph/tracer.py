@@ -7,10 +7,11 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import capture, conditions, frames, saving, session, transform
-from .extras import Barrier, Cache
+from .cache import CacheView, cache_kinds, cache_options, cache_paths, new_cache
+from .extras import Barrier
 from .ir import Graph, GraphBuildError, NNsightError, Op
 from .proxy import Proxy
-from .recorder import _ACTIVE, Recorder, active, recording
+from .recorder import _ACTIVE, Recorder, active, recording, user_location
 from .steps import IterIndexer, StepRange, is_steps
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class Tracer(capture.CapturedBlock):
     _recorder: Recorder | None = None
     _session: session.Session | None = None
     _recording: recording | None = None
+    _edited: NNsight | None = None  # `with model.edit() as edited:`: the copy being edited
 
     # the user's API -----------------------------------------------------------------------
 
@@ -110,35 +112,51 @@ class Tracer(capture.CapturedBlock):
     def cache(
         self,
         modules: list[Any] | None = None,
-        include_inputs: bool = False,
+        device: Any = "cpu",
+        dtype: Any = None,
+        detach: bool = True,
         include_output: bool = True,
-    ) -> Cache:
-        """Keep every value of the given modules (default: all) while the model runs.
+        include_inputs: bool = False,
+        non_blocking: bool = False,
+    ) -> CacheView:
+        """Keep every value of the given modules (envoys or keys; default: every module).
 
-        Returns a mapping from module path ("model.transformer.h.0") to entries with
-        `.output`, `.input`, `.inputs`, filled when the trace has run.
+        After the trace, `cache["model.transformer.h.0"]` (or `cache.model.transformer.h[0]`)
+        has `.output`, `.inputs` and `.input`: one value per call, a list when the module ran
+        more than once (each step of generate()). Inside an invoke it keeps that invoke's
+        rows. Tensors are detached and moved to `device` (None: left where they are) and,
+        when floating point, cast to `dtype`. `non_blocking` is accepted for nnsight's
+        signature; the copies here are synchronous.
         """
         recorder = self._require_recorder("tracer.cache()")
-        if modules is None:
-            paths = [envoy._path for envoy in self.model.modules()]
-        else:
-            paths = [getattr(m, "_path", None) for m in modules]
-            if any(p is None for p in paths):
-                raise GraphBuildError("tracer.cache(modules=...) takes module envoys (model.h[0])")
-        kinds = (["output"] if include_output else []) + (["input"] if include_inputs else [])
-        if not kinds:
-            raise GraphBuildError("tracer.cache() with neither outputs nor inputs caches nothing")
-        node = recorder.add(Op.CACHE, "cache", (), paths=paths, kinds=kinds)
-        cache = Cache(self.model, paths)  # type: ignore[arg-type]
+        try:
+            if self.method == "edit":
+                raise GraphBuildError(
+                    "tracer.cache() cannot be part of an edit: call it in the trace of the "
+                    "edited model instead"
+                )
+            paths = cache_paths(self.model, self.method, modules)
+            kinds = cache_kinds(include_output, include_inputs)
+            options = cache_options(device, dtype)
+        except GraphBuildError as error:
+            raise GraphBuildError(f"{user_location()}: {error}") from None
+        node = recorder.add(
+            Op.CACHE, "cache", (), paths=paths, kinds=kinds, detach=bool(detach), **options
+        )
+        cache, view = new_cache(self.model)
         recorder.add_cache(node, cache)
-        return cache
+        return view
 
-    def result(self) -> Proxy:
-        """The value the traced call returned (the model's output)."""
-        recorder = self._require_recorder("tracer.result()")
+    @property
+    def result(self) -> ResultProxy:
+        """The value the traced call returned: the model's output, or the generated ids.
+
+        Both `tracer.result.save()` (nnsight 0.8) and `tracer.result().save()` work.
+        """
+        recorder = self._require_recorder("tracer.result")
         if recorder.invoke < 0:
-            raise GraphBuildError("call tracer.result() inside an invoke")
-        return recorder.once(Op.READ, "result")
+            raise GraphBuildError("use tracer.result inside an invoke")
+        return ResultProxy(recorder, recorder.once(Op.READ, "result")._nn_node())
 
     # the with statement -------------------------------------------------------------------
 
@@ -150,8 +168,27 @@ class Tracer(capture.CapturedBlock):
             )
         if session.current() is not None:
             return self._enter_in_session()
+        if self.method == "edit" and not self.call_kwargs.get("inplace"):
+            self._edited = self.model._edit_copy()  # what the block's `as` name stands for
         self._capture()
-        return self
+        captured = self._captured
+        if self._edited is None and (captured is None or type(captured.target) is not tuple):
+            return self  # the common case
+        value = self._as_value()
+        if captured is not None and captured.empty:
+            capture.target_values(captured, value)  # Python unpacks it: say what is wrong
+        return value  # type: ignore[no-any-return]
+
+    def _as_value(self) -> Any:
+        """What the block's `as` name is bound to: this tracer; for `model.edit()`, the
+        edited model (`as (tracer, edited)` gets both, as in nnsight 0.8)."""
+        edited = self._edited
+        if edited is None:
+            return self
+        captured = self._captured
+        if captured is not None and isinstance(captured.target, tuple):
+            return (self, edited)
+        return edited
 
     def __exit__(
         self,
@@ -244,9 +281,8 @@ class Tracer(capture.CapturedBlock):
             self._recorder = None
         self.graph = graph = self._finish_recording(recorder)
         key = (captured.file, captured.line)
-        result: Any = self
         if self.method == "edit":
-            result = self.model._add_edit(graph, bool(self.call_kwargs.get("inplace")))
+            (self._edited or self.model)._add_edit(graph)
             saved: dict[int, Any] = {}
         elif graph.invokes and not self.run:
             self.model._plan(graph, key)  # validation raises here; the model does not run
@@ -259,16 +295,34 @@ class Tracer(capture.CapturedBlock):
         values = saving.bound_values(captured.stored, variables)
         if captured.attribute_stores:
             _resolve_attributes(captured, variables, global_vars)
-        if captured.target is not None:
-            values.setdefault(captured.target, result)
+        target = captured.target
+        if type(target) is str and self._edited is None:
+            values.setdefault(target, self)
+        elif target is not None:
+            for name, value in capture.target_values(captured, self._as_value()).items():
+                values.setdefault(name, value)
         frames.bind(frame, values, local_vars)
+
+
+class ResultProxy(Proxy):
+    """`tracer.result`: the call's return value. Calling it with no arguments gives itself,
+    so the older `tracer.result()` spelling works too."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Proxy:
+        if not args and not kwargs:
+            return self
+        return super().__call__(*args, **kwargs)
 
 
 def _deliver(recorder: Recorder, saved: dict[int, Any]) -> None:
     """Hand a trace's saved values to its recorder, its caches and its saved containers."""
     recorder.results = saved
     for node, cache in recorder.caches:
-        cache._fill(saved.get(node, {}))
+        values = saved.get(node)
+        if values is not None:  # the model ran (not run=False, not an edit)
+            cache.fill(values)
     for container in recorder.saved_containers:
         saving.resolve("a saved container", container)
 
@@ -331,8 +385,12 @@ def compiled_body(
     `block`), and the caller's variables, read once: on a function frame each read copies."""
     local_vars = frame.f_locals
     namespace = _namespace(captured, local_vars, frame.f_globals)
-    if captured.target is not None:
-        namespace[captured.target] = block
+    target = captured.target
+    if type(target) is str and getattr(block, "_edited", None) is None:
+        namespace[target] = block
+    elif target is not None:
+        as_value = block._as_value() if isinstance(block, Tracer) else block
+        namespace.update(capture.target_values(captured, as_value))
     return capture.compile_body(captured, tuple(namespace), frame.f_globals), namespace, local_vars
 
 
