@@ -31,6 +31,24 @@ class SkipBody(BaseException):
     """
 
 
+class BodyStopped(BaseException):
+    """Raised by `tracer.stop()` while the body is recorded (outside an `if` on a traced
+    value): the statements after it never run, as they never would in the model's run.
+
+    The nearest invoke's `with` block ends there; without one the whole body ends.
+    """
+
+    def body_variables(self) -> dict[str, Any]:
+        """The variables of the stopped body, as they were when it stopped."""
+        traceback = self.__traceback__
+        while traceback is not None:
+            frame = traceback.tb_frame
+            if frame.f_code.co_name == BODY_NAME:
+                return dict(frame.f_locals)
+            traceback = traceback.tb_next
+        return {}
+
+
 @dataclass(frozen=True)
 class CapturedBody:
     """The transformed body of one `with` statement, ready to compile for a set of names."""

@@ -39,9 +39,10 @@ class Invoker:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> None:
+    ) -> bool:
         if self.tracer._recorder is not None:
             self.tracer._recorder.close_invoke()
+        return exc_type is capture.BodyStopped  # the invoke ends at `tracer.stop()`
 
 
 class Tracer(capture.CapturedBlock):
@@ -99,9 +100,17 @@ class Tracer(capture.CapturedBlock):
         return self.model._step_limit(self.method, self.call_kwargs)
 
     def stop(self) -> None:
-        """End the model's run here: nothing after this point runs; saves so far are kept."""
+        """End the model's run here: nothing after this point runs; saves so far are kept.
+
+        The statements after it do not run either (they end the invoke's block, or the
+        trace's), so the names they assign are not bound, unless the stop depends on a traced
+        value (`if proxy: tracer.stop()`); then a saved value the run never reached is not
+        bound.
+        """
         recorder = self._require_recorder("tracer.stop()")
         recorder.add(Op.STOP, "stop")
+        if recorder.guard is None:
+            raise capture.BodyStopped()
 
     def barrier(self, participants: int) -> Barrier:
         """A barrier for `participants` invokes: call the returned object in each of them."""
@@ -182,13 +191,14 @@ class Tracer(capture.CapturedBlock):
         recorder = self._recorder
         assert recorder is not None and self._recording is not None
         self._recording.__exit__(None, None, None)
-        if exc_type is not None:
+        stopped = exc_type is capture.BodyStopped  # the block ended at `tracer.stop()`
+        if exc_type is not None and not stopped:
             return False
         recorder.close_invoke()
         self.graph = self._finish_recording(recorder)
         assert self._session is not None
         self._session.traces.append(self)
-        return False
+        return stopped
 
     def _run_in_session(self) -> None:
         """Run this trace of a session (after the traces before it)."""
@@ -233,7 +243,10 @@ class Tracer(capture.CapturedBlock):
             elif self.args or self.kwargs:
                 rows = self.model._batch_rows(self.args, self.kwargs)
                 recorder.open_invoke(self.args, self.kwargs, rows)
-            variables = body(namespace)
+            try:
+                variables = body(namespace)
+            except capture.BodyStopped as stopped:
+                variables = stopped.body_variables()
             recorder.close_invoke()
             if self.method == "scan":
                 _save_everything(captured, variables, recorder)
