@@ -11,7 +11,7 @@ import dis
 from dataclasses import dataclass
 from types import CodeType
 
-from .ir.errors import TraceCaptureError
+from .ir.errors import TraceCaptureError, TraceLayoutError
 
 # the instruction that enters a `with` item: SETUP_WITH up to Python 3.10, BEFORE_WITH after
 _WITH_SETUP = frozenset(dis.opmap[n] for n in ("SETUP_WITH", "BEFORE_WITH") if n in dis.opmap)
@@ -70,7 +70,7 @@ def _find_with(tree: ast.Module, line: int, file: str) -> ast.With:
             "inside `with contextlib.ExitStack() as stack:`"
         )
     if found.body[0].lineno == found.lineno:
-        raise TraceCaptureError(
+        raise TraceLayoutError(
             f"{file}:{line}: put the body of the `with` block on its own lines, below the "
             "`with` line"
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .ir import GraphBuildError, Op
+from .ir import GraphBuildError, InvokeError, Op
 from .proxy import Proxy
 from .recorder import _ACTIVE, NO_KWARGS, Recorder, active
 
@@ -104,11 +104,11 @@ class Envoy:
     def _recorder(self, what: str) -> Recorder:
         recorder = active()
         if recorder is None:
-            raise GraphBuildError(
+            raise InvokeError(
                 f"{self._describe()}.{what} is only available inside `with model.trace(...):`"
             )
         if recorder.invoke < 0:
-            raise GraphBuildError(
+            raise InvokeError(
                 f"{self._describe()}.{what} was used outside an invoke: pass an input to "
                 "model.trace(input) or wrap this code in `with tracer.invoke(input):`"
             )

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import capture, conditions, frames, saving, session, transform
 from .extras import Barrier, Cache
-from .ir import Graph, GraphBuildError, NNsightError, Op
+from .ir import Graph, GraphBuildError, InvokeError, NNsightError, Op
 from .proxy import Proxy
-from .recorder import _ACTIVE, Recorder, active, recording
+from .recorder import _ACTIVE, Recorder, active, recording, user_location
 from .steps import IterIndexer, StepRange, is_steps
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class Tracer(capture.CapturedBlock):
         """The value the traced call returned (the model's output)."""
         recorder = self._require_recorder("tracer.result()")
         if recorder.invoke < 0:
-            raise GraphBuildError("call tracer.result() inside an invoke")
+            raise InvokeError("call tracer.result() inside an invoke")
         return recorder.once(Op.READ, "result")
 
     # the with statement -------------------------------------------------------------------
@@ -216,6 +216,12 @@ class Tracer(capture.CapturedBlock):
 
     def _finish_recording(self, recorder: Recorder) -> Graph:
         """The recorded graph, after the record-time checks, with this call's method."""
+        if not recorder.invokes and self.method != "edit":
+            raise InvokeError(
+                f"{user_location() or 'this trace'}: the trace has no input, so the model has "
+                f"nothing to run on: pass one to model.{self.method}(input), or open a "
+                f"`with tracer.invoke(input):` block inside it"
+            )
         for barrier in recorder.barriers:
             barrier.check()
         graph = recorder.finish()
