@@ -80,8 +80,8 @@ def _find_with(tree: ast.Module, line: int, file: str) -> ast.With:
 def _entered_item(statement: ast.With, code: CodeType, offset: int) -> int | None:
     """Which item of `statement` the instruction at `offset` enters (None: cannot tell).
 
-    Each item has one with-setup instruction, in order, on the lines of the header; the frame
-    entering an item is paused at that item's instruction.
+    Each item has one with-setup instruction, in order, on the lines of the header (in each
+    copy of the statement's code); the frame entering an item is paused at that instruction.
     """
     first, last = statement.lineno, max(statement.body[0].lineno - 1, statement.lineno)
     lines: list[tuple[int, int, int | None]] = list(code.co_lines())
@@ -92,9 +92,10 @@ def _entered_item(statement: ast.With, code: CodeType, offset: int) -> int | Non
             line = next((n for start, end, n in lines if start <= at < end), None)
             if line is not None and first <= line <= last:
                 setups.append(at)
-    if len(setups) != len(statement.items) or offset not in setups:
+    count = len(statement.items)
+    if not setups or len(setups) % count or offset not in setups:
         return None
-    return setups.index(offset)
+    return setups.index(offset) % count  # a `finally` block's code is compiled more than once
 
 
 def _stack_entry(tree: ast.Module, line: int, file: str) -> Entry:

@@ -203,10 +203,11 @@ def test_exit_stack_in_a_function_with_a_plain_statement(model, x):
 
 
 def test_exit_stack_error_keeps_its_type(model, x):
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError) as caught:
         with contextlib.ExitStack() as stack:
             stack.enter_context(model.trace(x))
             model.layer1.output[0, 99].save()
+    assert caught.value.__context__ is None  # not "during handling of SkipBody"
 
 
 def test_exit_stack_entered_elsewhere_says_how_to_enter_it(model, x, line_of):
@@ -245,3 +246,13 @@ def test_language_model_through_an_exit_stack_and_after_items(llm):
     assert log == ["enter c", "exit c None"] and isinstance(tracer, nnsight.Tracer)
     assert stacked.requires_grad is False
     assert torch.allclose(stacked, after)
+
+
+def test_items_in_a_finally_block_whose_code_is_compiled_twice(grad_model, x):
+    hidden = None
+    try:
+        pass
+    finally:
+        with torch.no_grad(), grad_model.trace(x):
+            hidden = grad_model.layer1.output.save()
+    assert hidden is not None and hidden.requires_grad is False
