@@ -94,7 +94,10 @@ class Tracer(capture.CapturedBlock):
 
     def next(self, count: int = 1) -> None:
         """Move this invoke's following module accesses `count` steps (calls) further on."""
-        self._require_recorder("tracer.next()").step += count
+        recorder = self._require_recorder("tracer.next()")
+        if recorder.invoke < 0:
+            raise InvokeError("call tracer.next() inside an invoke: steps belong to an invoke")
+        recorder.step += count
 
     def _step_limit(self) -> int | None:
         return self.model._step_limit(self.method, self.call_kwargs)
@@ -108,6 +111,11 @@ class Tracer(capture.CapturedBlock):
         bound.
         """
         recorder = self._require_recorder("tracer.stop()")
+        if recorder.invoke < 0:
+            raise InvokeError(
+                "call tracer.stop() inside an invoke (the run stops where that invoke's code "
+                "reaches it)"
+            )
         recorder.add(Op.STOP, "stop")
         if recorder.guard is None:
             raise capture.BodyStopped()

@@ -139,3 +139,17 @@ def test_except_graph_build_error_still_catches_them(model, x):
         except nnsight.GraphBuildError as error:
             caught.append(type(error))
     assert caught == [nnsight.BarrierError, nnsight.InvokeError]
+
+
+def test_stop_and_next_outside_an_invoke(model, x, line_of):
+    with pytest.raises(ValueError, match=r"call tracer.stop\(\) inside an invoke") as caught:
+        with model.trace() as tracer:
+            with tracer.invoke(x):
+                model.layer1.output.save()
+            tracer.stop()  # mark: stop outside
+    assert line_number(line_of, "stop outside") in user_lines(caught.value)
+    with pytest.raises(nnsight.InvokeError, match=r"call tracer.next\(\) inside an invoke"):
+        with model.trace() as tracer:
+            tracer.next()
+            with tracer.invoke(x):
+                model.layer1.output.save()
