@@ -153,7 +153,7 @@ def _helper_trace(model, x, scale):
     return doubled, tracer
 
 
-def test_trace_in_helpers_methods_and_lambdas(grad_model, x):
+def test_trace_in_helpers_methods_class_methods_and_lambdas(grad_model, x):
     class Probe:
         def __init__(self, model):
             self.model = model
@@ -163,11 +163,29 @@ def test_trace_in_helpers_methods_and_lambdas(grad_model, x):
                 self.hidden = self.model.layer1.output.save()
             return self.hidden
 
+        @classmethod
+        def read_once(cls, model, x):
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(torch.no_grad())
+                stack.enter_context(model.trace(x))
+                hidden = model.layer1.output.save()
+            return hidden
+
+        @staticmethod
+        def read_static(model, x):
+            with model.trace(x), contextlib.nullcontext() as nothing:
+                hidden = model.layer1.output.save()
+            return hidden, nothing
+
     expected = grad_model._module.layer1(x).detach()
     doubled, tracer = _helper_trace(grad_model, x, 2)
     assert torch.allclose(doubled, expected * 2) and isinstance(tracer, nnsight.Tracer)
     probe = Probe(grad_model)
     assert torch.allclose(probe.read(x), expected) and not probe.hidden.requires_grad
+    assert torch.allclose(Probe.read_once(grad_model, x), expected)
+    assert not Probe.read_once(grad_model, x).requires_grad
+    static, nothing = Probe.read_static(grad_model, x)
+    assert torch.allclose(static, expected) and nothing is None
     via_lambda = (lambda: _helper_trace(grad_model, x, 3))()[0]
     assert torch.allclose(via_lambda, expected * 3)
     via_partial = functools.partial(_helper_trace, grad_model, x)(4)[0]
