@@ -76,7 +76,7 @@ class _FileEntry:
 
 
 _FILES: dict[str, _FileEntry] = {}
-_BODIES: dict[tuple[str, int], tuple[list[str], CapturedBody]] = {}
+_BODIES: dict[tuple[str, int, int], tuple[list[str], CapturedBody]] = {}  # file, line, instruction
 _COMPILED: dict[tuple[str, int, tuple[str, ...]], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
