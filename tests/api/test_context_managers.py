@@ -10,6 +10,8 @@ not run the model under no_grad).
 
 import contextlib
 import functools
+import importlib.util
+import textwrap
 
 import pytest
 import torch
@@ -274,3 +276,40 @@ def test_items_in_a_finally_block_whose_code_is_compiled_twice(grad_model, x):
         with torch.no_grad(), grad_model.trace(x):
             hidden = grad_model.layer1.output.save()
     assert hidden is not None and hidden.requires_grad is False
+
+
+MODULE_SOURCE = """\
+import contextlib
+
+import torch
+
+import nnsight_graph as nnsight
+
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(5, 10), torch.nn.Linear(10, 2))
+model = nnsight.NNsight(net)
+x = torch.rand(1, 5)
+with torch.no_grad(), model.trace(x):
+    quiet = model.output.save()
+with model.trace(x) as tracer, open(__file__) as handle:
+    first = handle.readline()
+    loud = model.output.save()
+with contextlib.ExitStack() as stack:
+    stack.enter_context(torch.no_grad())
+    stacked = stack.enter_context(model.trace(x))
+    again = model.output.save()
+"""
+
+
+def test_module_level_forms(tmp_path):
+    path = tmp_path / "module_forms.py"
+    path.write_text(textwrap.dedent(MODULE_SOURCE))
+    spec = importlib.util.spec_from_file_location("module_forms", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    expected = module.net(module.x)
+    assert torch.allclose(module.quiet, expected) and not module.quiet.requires_grad
+    assert torch.allclose(module.loud, expected) and module.loud.requires_grad
+    assert module.first == "import contextlib\n" and module.handle.closed
+    assert isinstance(module.tracer, nnsight.Tracer) and isinstance(module.stacked, nnsight.Tracer)
+    assert torch.allclose(module.again, expected) and not module.again.requires_grad
