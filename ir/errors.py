@@ -15,6 +15,22 @@ class GraphBuildError(NNsightError):
     """Code inside a trace did something that cannot be recorded as a graph node."""
 
 
+class InvokeError(GraphBuildError, ValueError):
+    """Inputs and invokes do not fit together: a module's value used outside an invoke (or
+    outside a trace), an invoke inside an invoke or inside a trace that has its own input, a
+    trace with no input at all. nnsight raises these as ValueError, so this one is one too."""
+
+
+class BarrierError(GraphBuildError, ValueError):
+    """A barrier is called outside an invoke, or by fewer invokes than it waits for (a
+    ValueError, as in nnsight)."""
+
+
+class TraceLayoutError(TraceCaptureError, ValueError):
+    """The `with` block is written in a shape whose body cannot be captured (its body on the
+    `with` line); a ValueError, as in nnsight."""
+
+
 class ValidationError(NNsightError):
     """A pass found the graph invalid before the model ran."""
 

@@ -7,15 +7,18 @@ and optimized by passes, and run by a backend that binds the nodes to torch hook
 from .config import CONFIG
 from .envoy import Envoy
 from .ir import (
+    BarrierError,
     BatchError,
     BatchIndexError,
     ExecutionError,
     GraphBuildError,
+    InvokeError,
     ModuleNotCalledError,
     NNsightError,
     OutOfOrderError,
     StepsSkippedWarning,
     TraceCaptureError,
+    TraceLayoutError,
     UnsavedValueError,
     ValidationError,
     WireFormatError,
@@ -31,12 +34,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CONFIG",
+    "BarrierError",
     "BatchError",
     "BatchIndexError",
     "Envoy",
     "ExecutionError",
     "Graph",
     "GraphBuildError",
+    "InvokeError",
     "Invoker",
     "LanguageModel",
     "ModuleNotCalledError",
@@ -46,6 +51,7 @@ __all__ = [
     "Proxy",
     "StepsSkippedWarning",
     "TraceCaptureError",
+    "TraceLayoutError",
     "Tracer",
     "UnsavedValueError",
     "ValidationError",

@@ -16,6 +16,7 @@ from functools import cached_property
 from types import FrameType
 from typing import Any
 
+from .entries import Entry, find_entry
 from .ir.errors import TraceCaptureError
 from .transform import INTERNAL_PREFIX, transform_body
 
@@ -28,6 +29,24 @@ class SkipBody(BaseException):
 
     A BaseException, so that an `except Exception` in the body cannot swallow it.
     """
+
+
+class BodyStopped(BaseException):
+    """Raised by `tracer.stop()` while the body is recorded (outside an `if` on a traced
+    value): the statements after it never run, as they never would in the model's run.
+
+    The nearest invoke's `with` block ends there; without one the whole body ends.
+    """
+
+    def body_variables(self) -> dict[str, Any]:
+        """The variables of the stopped body, as they were when it stopped."""
+        traceback = self.__traceback__
+        while traceback is not None:
+            frame = traceback.tb_frame
+            if frame.f_code.co_name == BODY_NAME:
+                return dict(frame.f_locals)
+            traceback = traceback.tb_next
+        return {}
 
 
 @dataclass(frozen=True)
@@ -57,12 +76,15 @@ class _FileEntry:
 
 
 _FILES: dict[str, _FileEntry] = {}
-_BODIES: dict[tuple[str, int], tuple[list[str], CapturedBody]] = {}
+_BODIES: dict[tuple[str, int, int], tuple[list[str], CapturedBody]] = {}  # file, line, instruction
 _COMPILED: dict[tuple[str, int, tuple[str, ...]], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
-def find_body(frame: FrameType) -> CapturedBody:
-    """The captured body of the `with` statement the frame is entering (cached per location)."""
+def find_body(frame: FrameType, stacked: bool = False) -> CapturedBody:
+    """The captured body of the block the frame is entering (cached per location).
+
+    `stacked`: the frame is entering it through `ExitStack.enter_context`, not a `with`.
+    """
     file = frame.f_code.co_filename
     line = frame.f_lineno
     lines = linecache.getlines(file, frame.f_globals)
@@ -72,12 +94,14 @@ def find_body(frame: FrameType) -> CapturedBody:
             "to build the graph. Put the code in a .py file or a notebook cell (python -c and "
             "exec() of strings have no source to read)."
         )
-    cached = _BODIES.get((file, line))
+    key = (file, line, frame.f_lasti)  # the instruction tells the items of a `with` apart
+    cached = _BODIES.get(key)
     if cached is not None and (cached[0] is lines or cached[0] == lines):
         return cached[1]
-    statement = _find_with(_parse(file, lines), line, file)
-    captured = _capture(statement, file)
-    _BODIES[(file, line)] = (lines, captured)
+    tree = _parse(file, lines)
+    entry = find_entry(tree, line, frame.f_code, frame.f_lasti, file, stacked)
+    captured = _capture(entry, file)
+    _BODIES[key] = (lines, captured)
     return captured
 
 
@@ -93,34 +117,8 @@ def _parse(file: str, lines: list[str]) -> ast.Module:
     return entry.tree
 
 
-def _find_with(tree: ast.Module, line: int, file: str) -> ast.With:
-    """The innermost `with` statement whose header spans `line`."""
-    found: ast.With | None = None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.With) and node.lineno <= line:
-            header_end = node.body[0].lineno - 1 if node.body[0].lineno > node.lineno else line
-            if line <= max(header_end, node.lineno):
-                if found is None or node.lineno >= found.lineno:
-                    found = node
-    if found is None:
-        raise TraceCaptureError(
-            f"{file}:{line}: a trace must be entered with a `with` statement, for example "
-            "`with model.trace(input):`"
-        )
-    if found.body[0].lineno == found.lineno:
-        raise TraceCaptureError(
-            f"{file}:{line}: put the body of the `with` block on its own lines, below the "
-            "`with` line"
-        )
-    if len(found.items) > 1:
-        raise TraceCaptureError(
-            f"{file}:{line}: give the trace a `with` statement of its own (one context manager)"
-        )
-    return found
-
-
-def _capture(statement: ast.With, file: str) -> CapturedBody:
-    body = transform_body(statement.body)
+def _capture(entry: Entry, file: str) -> CapturedBody:
+    body = transform_body(entry.body)
     loaded: set[str] = set()
     stored: dict[str, None] = {}
     mutated: dict[str, None] = {}
@@ -152,25 +150,25 @@ def _capture(statement: ast.With, file: str) -> CapturedBody:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 stored.setdefault((alias.asname or alias.name).split(".")[0], None)
-    empty = all(
+    empty = not entry.trailing and all(
         isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
-        for s in statement.body
+        for s in entry.body
     )
     return CapturedBody(
         file,
-        statement.lineno,
+        entry.line,
         body,
         frozenset(loaded),
         tuple(stored),
         empty,
         tuple(name for name in mutated if name not in stored),
-        _target_name(statement, file),
+        _target_name(entry, file),
         tuple(attribute_stores),
     )
 
 
-def _target_name(statement: ast.With, file: str) -> str | tuple[str, ...] | None:
-    target = statement.items[0].optional_vars
+def _target_name(entry: Entry, file: str) -> str | tuple[str, ...] | None:
+    target = entry.target
     if target is None or isinstance(target, ast.Name):
         return target.id if target is not None else None
     if isinstance(target, (ast.Tuple, ast.List)) and all(
@@ -178,7 +176,7 @@ def _target_name(statement: ast.With, file: str) -> str | tuple[str, ...] | None
     ):  # `with model.edit() as (tracer, edited):`
         return tuple(name.id for name in target.elts)  # type: ignore[attr-defined]
     raise TraceCaptureError(
-        f"{file}:{statement.lineno}: bind the tracer to a plain name "
+        f"{file}:{entry.line}: bind the tracer to a plain name "
         "(`with model.trace(input) as tracer:`)"
     )
 
@@ -263,9 +261,9 @@ def compile_body(
     return function
 
 
-def begin(frame: FrameType) -> CapturedBody:
+def begin(frame: FrameType, stacked: bool = False) -> CapturedBody:
     """At `__enter__`: capture the `with` body the frame is entering and skip running it."""
-    captured = find_body(frame)
+    captured = find_body(frame, stacked)
     if not captured.empty:
         skip_body(frame)
     return captured
@@ -305,7 +303,11 @@ class CapturedBlock:
 
     def _capture(self) -> None:
         frame = sys._getframe(2)  # the frame executing the `with` statement
-        self._captured = begin(frame)
+        stacked = frame.f_globals.get("__name__") == "contextlib"
+        if stacked:  # `stack.enter_context(block)`: the user's frame is the one calling it
+            while frame.f_globals.get("__name__") == "contextlib" and frame.f_back is not None:
+                frame = frame.f_back
+        self._captured = begin(frame, stacked)
         self._frame = frame
 
     def _finish(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> bool:
@@ -328,14 +330,17 @@ def skip_body(frame: FrameType) -> None:
     """Make the next instruction `frame` runs after `__enter__` returns raise SkipBody.
 
     Raising at the first instruction (an opcode event) keeps the exception inside the `with`
-    statement's handler whatever the body starts with; interpreters that deliver no opcode
-    events here (3.12) raise at the first line event instead. The `as` name is then not yet
+    statement's handler whatever the body starts with, and before any `with` item after the
+    block's own is entered (those are part of the captured body); interpreters that deliver
+    no opcode events raise at the first line event instead. The `as` name is then not yet
     bound, so the tracer binds it itself.
     """
     _previous_trace.append(sys.gettrace())
-    sys.settrace(_ignore_calls)
+    # the frame's own settings first: Python 3.12 delivers opcode events to a frame only if
+    # it asked for them before tracing was switched on
     frame.f_trace_opcodes = True
     frame.f_trace = _raise_skip
+    sys.settrace(_ignore_calls)
 
 
 def _ignore_calls(frame: FrameType, event: str, arg: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from . import renaming
-from .ir import GraphBuildError, Op
+from .ir import GraphBuildError, InvokeError, Op
 from .proxy import Proxy
 from .recorder import _ACTIVE, NO_KWARGS, Recorder, active, user_location
 
@@ -182,7 +182,7 @@ class Envoy:
     def _recorder(self, what: str, same_model: bool = True) -> Recorder:
         recorder = active()
         if recorder is None:
-            raise GraphBuildError(
+            raise InvokeError(
                 f"{self._describe()}.{what} is only available inside `with model.trace(...):`"
             )
         if (
@@ -196,7 +196,7 @@ class Envoy:
         ):
             raise GraphBuildError(_other_model(self, what, recorder.root))
         if recorder.invoke < 0:
-            raise GraphBuildError(
+            raise InvokeError(
                 f"{self._describe()}.{what} was used outside an invoke: pass an input to "
                 "model.trace(input) or wrap this code in `with tracer.invoke(input):`"
             )

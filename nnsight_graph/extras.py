@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .ir import GraphBuildError, Op
+from .ir import BarrierError, Op
 
 if TYPE_CHECKING:
     from .recorder import Recorder
@@ -16,7 +16,7 @@ class Barrier:
 
     def __init__(self, recorder: Recorder, participants: int) -> None:
         if not isinstance(participants, int) or participants < 1:
-            raise GraphBuildError(f"barrier(n) needs a positive int, not {participants!r}")
+            raise BarrierError(f"barrier(n) needs a positive int, not {participants!r}")
         self.recorder = recorder
         self.participants = participants
         self.name = f"barrier{len(recorder.barriers)}"
@@ -27,7 +27,7 @@ class Barrier:
     def __call__(self) -> None:
         recorder = self.recorder
         if recorder.invoke < 0:
-            raise GraphBuildError("call barrier() inside an invoke")
+            raise BarrierError("call barrier() inside an invoke")
         self.invokes.add(recorder.invoke)
         node = recorder.add(Op.BARRIER, self.name, (self.participants,))
         self.loc = recorder.nodes[node].loc
@@ -35,7 +35,7 @@ class Barrier:
     def check(self) -> None:
         """Before the run: as many invokes must call the barrier as it has participants."""
         if len(self.invokes) != self.participants:
-            raise GraphBuildError(
+            raise BarrierError(
                 f"barrier({self.participants}) at {self.loc} was called by "
                 f"{len(self.invokes)} invoke(s); it would wait forever. Give it the number of "
                 "invokes that call it"

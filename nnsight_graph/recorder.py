@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc, const, ref
+from .ir.errors import InvokeError
 from .ir.functions import UNSET
 from .ir.node import MAX_SOURCE_TEXT
 from .proxy import Proxy
@@ -234,7 +235,7 @@ class Recorder:
     def open_invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any], rows: int | None) -> int:
         """Start recording into a new invoke that owns `rows` batch rows (None: all rows)."""
         if self.invoke >= 0:
-            raise GraphBuildError(
+            raise InvokeError(
                 "invokes cannot be nested: close one `with tracer.invoke(...)` block before "
                 "opening the next, and pass inputs either to trace() or to invoke(), not both"
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ir import UnsavedValueError
+from .ir import Op, UnsavedValueError
 from .ir.functions import SKIPPED, UNSET
 from .proxy import Proxy
 from .recorder import active
@@ -33,15 +33,25 @@ def save(value: Any) -> Any:
 class Unsaved:
     """Bound in place of a traced value that was not saved: any use says how to fix it."""
 
-    __slots__ = ("_message",)
+    __slots__ = ("_message", "_cut_off")
 
     def __init__(self, name: str, proxy: Proxy) -> None:
         node = proxy._nn_recorder.nodes[proxy._nn_node()]
         where = f" at {node.loc}" if node.loc else ""
-        message = (
-            f"`{name}` was assigned inside the trace{where} but not saved, so it has no value "
-            f"after the trace. Write `{name} = (...).save()` or `{name} = nnsight.save(...)`."
-        )
+        cut_off = _cut_off(proxy)
+        object.__setattr__(self, "_cut_off", cut_off)  # saved, but the run stopped first
+        if cut_off:
+            message = (
+                f"`{name}` was saved inside the trace{where}, but tracer.stop() ended the run "
+                "before its value was computed, so it has no value after the trace. Read it "
+                "before the stop point, or stop later."
+            )
+        else:
+            message = (
+                f"`{name}` was assigned inside the trace{where} but not saved, so it has no "
+                f"value after the trace. Write `{name} = (...).save()` or "
+                f"`{name} = nnsight.save(...)`."
+            )
         object.__setattr__(self, "_message", message)
 
     def _fail(self, *args: Any, **kwargs: Any) -> Any:
@@ -125,16 +135,30 @@ def _never_happened(value: Any) -> bool:
     if not isinstance(value, Proxy):
         return False
     recorder, node = value._nn_recorder, value._nn_id
-    return node in recorder.optional and node not in (recorder.results or {})
+    if node in (recorder.results or {}):
+        return False
+    return node in recorder.optional or _cut_off(value)
+
+
+def _cut_off(proxy: Proxy) -> bool:
+    """Whether the proxy's value was saved but never computed because `tracer.stop()` ended
+    the run first (a stop that depends on a traced value, or one in an earlier invoke)."""
+    recorder, node = proxy._nn_recorder, proxy._nn_id
+    if node not in recorder.saved_ids or node in (recorder.results or {}):
+        return False
+    return any(n.op is Op.STOP for n in recorder.nodes)
 
 
 def bound_values(names: tuple[str, ...], variables: dict[str, Any]) -> dict[str, Any]:
     """What to write back for the body's assigned `names`: resolved values, leaving out names
-    set only on a path that did not run (an untaken `if proxy:` branch)."""
+    set only on a path that did not run (an untaken `if proxy:` branch, or saved values that
+    `tracer.stop()` cut off)."""
     values = {}
     for name in names:
         if name in variables:
             value = resolve(name, variables[name])
+            if type(value) is Unsaved and object.__getattribute__(value, "_cut_off"):
+                continue  # the run stopped before it: not bound, as after an untaken `if`
             if value is not SKIPPED and value is not UNSET:
                 values[name] = value
     return values

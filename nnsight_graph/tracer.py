@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from . import capture, conditions, frames, saving, session, transform
 from .cache import CacheView, cache_kinds, cache_options, cache_paths, new_cache
 from .extras import Barrier
-from .ir import Graph, GraphBuildError, NNsightError, Op
+from .ir import Graph, GraphBuildError, InvokeError, NNsightError, Op
 from .proxy import Proxy
 from .recorder import _ACTIVE, Recorder, active, recording, user_location
 from .steps import IterIndexer, StepRange, is_steps
@@ -40,9 +40,10 @@ class Invoker:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> None:
+    ) -> bool:
         if self.tracer._recorder is not None:
             self.tracer._recorder.close_invoke()
+        return exc_type is capture.BodyStopped  # the invoke ends at `tracer.stop()`
 
 
 class Tracer(capture.CapturedBlock):
@@ -95,15 +96,31 @@ class Tracer(capture.CapturedBlock):
 
     def next(self, count: int = 1) -> None:
         """Move this invoke's following module accesses `count` steps (calls) further on."""
-        self._require_recorder("tracer.next()").step += count
+        recorder = self._require_recorder("tracer.next()")
+        if recorder.invoke < 0:
+            raise InvokeError("call tracer.next() inside an invoke: steps belong to an invoke")
+        recorder.step += count
 
     def _step_limit(self) -> int | None:
         return self.model._step_limit(self.method, self.call_kwargs)
 
     def stop(self) -> None:
-        """End the model's run here: nothing after this point runs; saves so far are kept."""
+        """End the model's run here: nothing after this point runs; saves so far are kept.
+
+        The statements after it do not run either (they end the invoke's block, or the
+        trace's), so the names they assign are not bound, unless the stop depends on a traced
+        value (`if proxy: tracer.stop()`); then a saved value the run never reached is not
+        bound.
+        """
         recorder = self._require_recorder("tracer.stop()")
+        if recorder.invoke < 0:
+            raise InvokeError(
+                "call tracer.stop() inside an invoke (the run stops where that invoke's code "
+                "reaches it)"
+            )
         recorder.add(Op.STOP, "stop")
+        if recorder.guard is None:
+            raise capture.BodyStopped()
 
     def barrier(self, participants: int) -> Barrier:
         """A barrier for `participants` invokes: call the returned object in each of them."""
@@ -155,7 +172,7 @@ class Tracer(capture.CapturedBlock):
         """
         recorder = self._require_recorder("tracer.result")
         if recorder.invoke < 0:
-            raise GraphBuildError("use tracer.result inside an invoke")
+            raise InvokeError("use tracer.result inside an invoke")
         return ResultProxy(recorder, recorder.once(Op.READ, "result")._nn_node())
 
     # the with statement -------------------------------------------------------------------
@@ -219,13 +236,14 @@ class Tracer(capture.CapturedBlock):
         recorder = self._recorder
         assert recorder is not None and self._recording is not None
         self._recording.__exit__(None, None, None)
-        if exc_type is not None:
+        stopped = exc_type is capture.BodyStopped  # the block ended at `tracer.stop()`
+        if exc_type is not None and not stopped:
             return False
         recorder.close_invoke()
         self.graph = self._finish_recording(recorder)
         assert self._session is not None
         self._session.traces.append(self)
-        return False
+        return stopped
 
     def _run_in_session(self) -> None:
         """Run this trace of a session (after the traces before it)."""
@@ -243,6 +261,12 @@ class Tracer(capture.CapturedBlock):
 
     def _finish_recording(self, recorder: Recorder) -> Graph:
         """The recorded graph, after the record-time checks, with this call's method."""
+        if not recorder.invokes and self.method != "edit":
+            raise InvokeError(
+                f"{user_location() or 'this trace'}: the trace has no input, so the model has "
+                f"nothing to run on: pass one to model.{self.method}(input), or open a "
+                f"`with tracer.invoke(input):` block inside it"
+            )
         for barrier in recorder.barriers:
             barrier.check()
         graph = recorder.finish()
@@ -270,7 +294,10 @@ class Tracer(capture.CapturedBlock):
             elif self.args or self.kwargs:
                 rows = self.model._batch_rows(self.args, self.kwargs)
                 recorder.open_invoke(self.args, self.kwargs, rows)
-            variables = body(namespace)
+            try:
+                variables = body(namespace)
+            except capture.BodyStopped as stopped:
+                variables = stopped.body_variables()
             recorder.close_invoke()
             if self.method == "scan":
                 _save_everything(captured, variables, recorder)
