@@ -71,7 +71,8 @@ class Run(GradientSteps):
         self.remaining = dict(plan.uses)
         self.fired: dict[Site, int] = {}
         self.skipped: set[int] = set()
-        self.stopped = False
+        self.stopping = False  # a tracer.stop() was reached: the run ends after this hook
+        self.stopped = False  # the run has ended at a tracer.stop()
         self.muted = 0  # > 0 while an intervention itself calls a module
         self.skip_calls: dict[str, SkipCall] = {}  # module path -> its skipped current call
         self.arrived: dict[str, set[int]] = {}
@@ -105,12 +106,11 @@ class Run(GradientSteps):
                 if not self.released:
                     break
                 self.released = False  # a barrier opened: the invokes waiting at it go on
-        except StopRun:
+        finally:
             if self.plan.cached:  # tracer.stop() ends the run after this site, not before it
                 self.keep(site, box.full)
-            raise
-        if self.plan.cached:
-            self.keep(site, box.full)
+        if self.stopping:  # every invoke had its turn here; nothing after this site runs
+            raise StopRun()
         return box.full
 
     def keep(self, site: Site, value: Any) -> None:
@@ -154,9 +154,13 @@ class Run(GradientSteps):
     def run_control(self, cursor: Cursor, node: Node) -> bool:
         """STOP, BARRIER or BACKWARD; False when the cursor must wait here."""
         if node.op is Op.STOP:
+            # the other invokes still take their turn at this hook (as in nnsight), then the
+            # run ends: this invoke never goes past here
             cursor.position += 1
+            cursor.fence = cursor.position
             self.release(node)
-            raise StopRun()
+            self.stopping = True
+            return False
         if node.op is Op.BARRIER:
             arrived = self.arrived.setdefault(node.target, set())
             if cursor.index not in arrived:
@@ -215,16 +219,17 @@ class Run(GradientSteps):
         """
         for cursor in self.cursors:
             while True:
+                if self.stopped:  # after tracer.stop() nothing runs, in any invoke
+                    self.skip_rest(cursor)
+                    break
                 self.advance(cursor, None, 0, None)
+                if self.stopping:  # a stop among the nodes that run after the model
+                    self.stopped = True
+                    continue
                 if cursor.done:
                     break
                 node = cursor.nodes[cursor.position]
                 waiting = cursor.waiting_for
-                if self.stopped:
-                    self.skipped.add(node.id)  # after tracer.stop(): never runs, no error
-                    cursor.position += 1
-                    self.release(node)
-                    continue
                 if node.op is Op.BARRIER:
                     arrived = len(self.arrived.get(node.target, ()))
                     raise with_location(
@@ -258,6 +263,21 @@ class Run(GradientSteps):
         for node in self.plan.tail_nodes:
             if not self.stopped:
                 self.run_node(node)
+
+    def skip_rest(self, cursor: Cursor) -> None:
+        """Pass over the cursor's nodes that a tracer.stop() kept from running (no error).
+
+        Saves of values computed before the stop still keep them (the saves of a saved list
+        come last in the graph).
+        """
+        while not cursor.done:
+            node = cursor.nodes[cursor.position]
+            cursor.position += 1
+            if node.op is Op.SAVE and node.args[0].id in self.env:
+                self.run_node(node)
+                continue
+            self.skipped.add(node.id)
+            self.release(node)
 
     def skip(self, cursor: Cursor, node: Node) -> None:
         """Pass over a node of a step that never happened (and what depends on it)."""
@@ -419,6 +439,8 @@ def _run_model(run: Run, call: Callable[[], Any]) -> None:
     try:
         for cursor in run.cursors:
             run.advance(cursor, None, 0, None)
+        if run.stopping:  # a stop before the model's first module
+            raise StopRun()
         result = call()
         if run.plan.reads_result:
             run.fire(("", RESULT), result)

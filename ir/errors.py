@@ -21,6 +21,11 @@ class InvokeError(GraphBuildError, ValueError):
     trace with no input at all. nnsight raises these as ValueError, so this one is one too."""
 
 
+class StepError(GraphBuildError, ValueError):
+    """`tracer.iter[...]` was given steps that cannot exist: negative ones (a ValueError, as in
+    nnsight)."""
+
+
 class BarrierError(GraphBuildError, ValueError):
     """A barrier is called outside an invoke, or by fewer invokes than it waits for (a
     ValueError, as in nnsight)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .ir import GraphBuildError
+from .ir import GraphBuildError, StepError
 
 if TYPE_CHECKING:
     from .tracer import Tracer
@@ -79,6 +79,7 @@ class IterIndexer:
         self.tracer = tracer
 
     def __getitem__(self, key: int | slice | list[int]) -> StepRange:
+        _check_not_negative(key)
         limit = self.tracer._step_limit()
         if isinstance(key, slice):
             if key.stop is None and limit is None:
@@ -96,6 +97,30 @@ class IterIndexer:
         if isinstance(key, (list, tuple)) and all(isinstance(k, int) for k in key):
             return StepRange(self.tracer, list(key))
         raise TypeError(f"index tracer.iter with an int, a slice or a list of ints, not {key!r}")
+
+
+def _check_not_negative(key: Any) -> None:
+    """Steps count from the first call on; a negative one has no meaning before the run."""
+    if isinstance(key, slice):
+        values = [v for v in (key.start, key.stop, key.step) if v is not None]
+    elif isinstance(key, (list, tuple)):
+        values = list(key)
+    else:
+        values = [key]
+    negative = [v for v in values if isinstance(v, int) and v < 0]
+    if negative:
+        raise StepError(
+            f"tracer.iter[{_describe(key)}] has a negative step ({negative[0]}): steps count "
+            "calls from the first on, and how many there will be is not known while the trace "
+            "is recorded. Give steps from 0 (iter[0:3], iter[2], iter[[0, 2]])"
+        )
+
+
+def _describe(key: Any) -> str:
+    if isinstance(key, slice):
+        parts = ["" if v is None else str(v) for v in (key.start, key.stop, key.step)]
+        return ":".join(parts[:2] if key.step is None else parts)
+    return repr(key)
 
 
 def is_steps(value: Any) -> bool:

@@ -153,3 +153,21 @@ def test_stop_and_next_outside_an_invoke(model, x, line_of):
             tracer.next()
             with tracer.invoke(x):
                 model.layer1.output.save()
+
+
+@pytest.mark.parametrize("steps", ["iter[-1]", "iter[-2:]", "iter[0:-1]", "iter[[0, -1]]"])
+def test_negative_steps_are_a_value_error_that_says_to_count_from_zero(model, x, tmp_path, steps):
+    script = tmp_path / "negative.py"
+    script.write_text(
+        "import torch\nfrom nnsight_graph import NNsight\n"
+        "model = NNsight(torch.nn.Sequential(torch.nn.Linear(5, 2)))\n"
+        "with model.trace(torch.rand(1, 5)) as tracer:\n"
+        f"    for step in tracer.{steps}:\n"
+        "        model.output.save()\n"
+    )
+    import runpy
+
+    with pytest.raises(ValueError, match="negative step .*Give steps from 0") as caught:
+        runpy.run_path(str(script))
+    assert isinstance(caught.value, nnsight.StepError)
+    assert isinstance(caught.value, nnsight.GraphBuildError)

@@ -186,3 +186,24 @@ def test_stop_at_a_generation_step(llm):
         after = True
     assert len(tokens) == 2 and all(type(t) is torch.Tensor for t in tokens)
     assert "after" not in locals()
+
+
+def test_a_stop_in_one_invoke_lets_the_later_invokes_take_their_turn_at_that_module(
+    llm, count_calls
+):
+    """As in nnsight 0.8.1: the run ends after the module where the stop was reached, once
+    every invoke had its turn there; nothing later runs."""
+    with llm.trace("World"):
+        alone = llm.transformer.h[0].output.save()
+    later = count_calls(llm._module.transformer.h[1])
+    with llm.trace() as tracer:
+        with tracer.invoke("Hello"):
+            first = llm.transformer.h[0].output.save()
+            tracer.stop()
+        with tracer.invoke("World"):
+            second = llm.transformer.h[0].output.save()
+            never = llm.transformer.h[1].output.save()
+    assert later.calls == 0
+    assert first.shape[0] == 1 and torch.allclose(second, alone, atol=1e-5)
+    with pytest.raises(NameError):
+        never  # noqa: B018 - never computed, so never bound
