@@ -83,6 +83,24 @@ def main() -> None:
     if not same:
         raise SystemExit(1)
 
+    # A loaded graph is untrusted: it runs only what the registry (ir/registry.py) allows.
+    # A copy whose first operation was changed to call os.system is refused before anything
+    # of it runs, and nothing named by the payload is imported.
+    from nnsight_graph.ir import Op
+    from nnsight_graph.ir.registry import RegistryError
+
+    nodes = list(loaded.nodes)
+    index = next(i for i, node in enumerate(nodes) if node.op is Op.CALL)
+    nodes[index] = nodes[index]._replace(target="os.system", args=("touch pwned",))
+    tampered = loaded.with_nodes(nodes)
+    tampered.save(out / "tampered.nng")
+    try:
+        model.run(Graph.load(out / "tampered.nng"))
+    except RegistryError as error:
+        print(f"\nA tampered copy is refused: {str(error).splitlines()[0][:100]}...")
+    else:
+        raise SystemExit("the tampered graph ran")
+
 
 if __name__ == "__main__":
     main()
