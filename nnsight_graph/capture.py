@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import linecache
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -259,7 +260,8 @@ def end(frame: FrameType, captured: CapturedBody, exc_type: type[BaseException] 
     # is set, every call costs a call of `_ignore_calls` too
     frame.f_trace = None
     frame.f_trace_opcodes = False
-    sys.settrace(_previous_trace.pop() if _previous_trace else None)
+    previous = _SKIP.previous
+    sys.settrace(previous.pop() if previous else None)
     return exc_type is SkipBody
 
 
@@ -301,7 +303,15 @@ class CapturedBlock:
         raise NotImplementedError
 
 
-_previous_trace: list[Any] = []
+class _SkipState(threading.local):
+    """The trace functions `skip_body` replaced, innermost last. `sys.settrace` is per thread,
+    so the stack is too: a trace in another thread must not restore this thread's function."""
+
+    def __init__(self) -> None:
+        self.previous: list[Any] = []
+
+
+_SKIP = _SkipState()
 
 
 def skip_body(frame: FrameType) -> None:
@@ -312,7 +322,7 @@ def skip_body(frame: FrameType) -> None:
     events here (3.12) raise at the first line event instead. The `as` name is then not yet
     bound, so the tracer binds it itself.
     """
-    _previous_trace.append(sys.gettrace())
+    _SKIP.previous.append(sys.gettrace())
     sys.settrace(_ignore_calls)
     frame.f_trace_opcodes = True
     frame.f_trace = _raise_skip

@@ -10,7 +10,7 @@ import torch
 
 from .ir import GraphBuildError, Op
 from .proxy import Proxy
-from .recorder import _ACTIVE, NO_KWARGS, Recorder, active
+from .recorder import _STATE, NO_KWARGS, Recorder, active
 
 _READ = Op.READ  # a module-level name: `Op.X` is slow on Python 3.11 (EnumType.__getattr__)
 _VALUES = ("output", "input", "inputs")  # what `.output`, `.input`, `.inputs` read
@@ -122,7 +122,7 @@ class Envoy:
         return site
 
     def _read(self, what: str) -> Proxy:
-        recorder = _ACTIVE[-1] if _ACTIVE else None
+        recorder = _STATE.recorder  # this thread's
         if recorder is None or recorder.invoke < 0:
             recorder = self._recorder(what)  # raises, saying what to do
         # no arguments to encode: `append` directly (`_read` is called by the properties)
