@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
+
+from .forwards import ReplacedForwards
 
 
 class StopRun(BaseException):
@@ -21,27 +24,24 @@ def skipped_modules(
     values: dict[str, list[Any]],
 ) -> Iterator[None]:
     """While the block runs, each module in `paths` returns its queued skip value instead of
-    running its forward (when one was queued for that call); the forwards are put back after.
-    """
-    patched: list[tuple[torch.nn.Module, Any]] = []
+    running its forward (when one was queued for that call), in this thread only; the
+    forwards are put back after (`forwards.ReplacedForwards`)."""
+    replaced = ReplacedForwards()
     try:
         for path in paths:
-            module = module_at(path)
-            own = module.__dict__.get("forward")
-            original = module.forward
-
-            def forward(*args: Any, _path: str = path, _original: Any = original, **kwargs: Any):
-                queued = values.get(_path)
-                if queued:
-                    return queued.pop(0)
-                return _original(*args, **kwargs)
-
-            patched.append((module, own))
-            module.forward = forward  # type: ignore[method-assign]
+            replaced.replace(module_at(path), partial(_skipping, path, values))
         yield
     finally:
-        for module, own in patched:
-            if own is None:
-                del module.forward
-            else:
-                module.forward = own  # type: ignore[method-assign]
+        replaced.restore()
+
+
+def _skipping(path: str, values: dict[str, list[Any]], original: Any) -> Any:
+    """The forward of a skipped module: its next queued value, or else `original`'s result."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        queued = values.get(path)
+        if queued:
+            return queued.pop(0)
+        return original(*args, **kwargs)
+
+    return forward
