@@ -3,6 +3,7 @@ left-padded batching of prompts, generation, and lazy (meta-device) loading of w
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from .tracer import Tracer
 
 # trace() keywords that are tokenizer inputs of the implicit invoke, not model options
 _INPUT_KEYS = ("input_ids", "attention_mask")
+_DISPATCH = threading.Lock()  # loading weights is rare: one lock for every model
 
 
 class _Generator(torch.nn.Module):
@@ -99,9 +101,12 @@ class LanguageModel(NNsight):
         """Load the real weights now (a model built lazily holds meta tensors until then)."""
         if self._loaded:
             return
-        module = _load(self._name, self._device_map, self._load_kwargs)
-        self._swap(module)
-        object.__setattr__(self, "_loaded", True)
+        with _DISPATCH:  # first traces in two threads: one loads, the other waits for it
+            if self._loaded:
+                return
+            module = _load(self._name, self._device_map, self._load_kwargs)
+            self._swap(module)
+            object.__setattr__(self, "_loaded", True)
 
     def __repr__(self) -> str:
         return repr(self._module)

@@ -498,3 +498,43 @@ def test_growing_the_shared_ref_table_from_two_threads_keeps_each_id_at_its_inde
         assert all(table[i].id == i for i in range(len(table)))
     finally:
         del ir_node._REFS[start:]
+
+
+def test_first_traces_of_a_lazy_model_in_two_threads_load_it_once(path, monkeypatch):
+    from nnsight_graph import LanguageModel, language
+
+    real_load = language._load
+    loads: list[int] = []
+    b_started = threading.Event()
+
+    def slow_load(*args: Any) -> Any:
+        loads.append(threading.get_ident())
+        if len(loads) == 1:  # the first loader waits until the other thread wants weights too
+            b_started.wait(TIMEOUT)
+            threading.Event().wait(0.2)
+        return real_load(*args)
+
+    monkeypatch.setattr(language, "_load", slow_load)
+    lazy = LanguageModel(path)
+
+    def trace(prompt: str) -> Callable[[], Any]:
+        def run():
+            with lazy.trace(prompt):
+                logits = lazy.lm_head.output.save()
+            return logits
+
+        return run
+
+    def second():
+        b_started.set()
+        return trace("The Colosseum is in")()
+
+    a, b = Worker(trace("The Eiffel Tower is in")), Worker(second)
+    a.thread.start()
+    b.thread.start()
+    logits_a, logits_b = a.finish(), b.finish()
+
+    assert len(loads) == 1  # one thread loaded; the other used its weights
+    want_a, want_b = trace("The Eiffel Tower is in")(), trace("The Colosseum is in")()
+    assert torch.allclose(logits_a, want_a, atol=1e-5)
+    assert torch.allclose(logits_b, want_b, atol=1e-5)
