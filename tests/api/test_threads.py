@@ -215,6 +215,70 @@ def test_first_runs_in_two_threads_each_learn_the_true_call_order():
     assert model._facts == solo._facts
 
 
+def test_a_held_scan_leaves_real_traces_in_another_thread_real():
+    net = make_block_net()
+    model = NNsight(net)
+    xa, xb = inputs(2)
+    kinds: list[str] = []
+    handle = net.block.layer2.register_forward_hook(lambda m, i, o: kinds.append(type(o).__name__))
+
+    def scan_a():
+        with model.scan(xa):
+            width = model.block.layer1.output.shape[-1]
+            model.block.layer1.output[:] = 0  # in A's fake run only
+            out = model.block.layer2.output
+        return width, out
+
+    try:
+        worker = Worker(scan_a, net.block.gate).start_and_hold()  # fake tensors in A only
+        with model.trace(xb):
+            b = model.block.layer2.output.save()
+        width, out = worker.finish()
+    finally:
+        handle.remove()
+    assert type(b) is torch.Tensor and torch.equal(b, net(xb))
+    assert width == 10 and tuple(out.shape) == (1, 2)
+    assert sorted(kinds) == ["FakeTensor", "Tensor"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_many_threads_trace_one_model_at_random_switch_points(seed, clean):
+    """Not forced: four threads, 40 traces each, with the interpreter switching threads
+    every few microseconds; a complement to the forced tests above."""
+    net = make_block_net()
+    model = NNsight(net)
+    generator = torch.Generator().manual_seed(seed)
+    xs = [torch.rand((1, 5), generator=generator) for _ in range(4)]
+    wants = [(net.block.layer1(x), net.block.layer2(net.block.layer1(x) * 0.5)) for x in xs]
+
+    def traces(index: int) -> Callable[[], Any]:
+        def run():
+            x = xs[index]
+            for _ in range(40):
+                with model.trace(x):
+                    hidden = model.block.layer1.output.clone().save()
+                    model.block.layer1.output[:] = model.block.layer1.output * 0.5
+                    out = model.block.layer2.output.save()
+                want_hidden, want_out = wants[index]
+                if not (torch.equal(hidden, want_hidden) and torch.allclose(out, want_out)):
+                    return "wrong values"
+            return "ok"
+
+        return run
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [Worker(traces(i)) for i in range(4)]
+        for worker in workers:
+            worker.thread.start()
+        results = [worker.finish() for worker in workers]
+    finally:
+        sys.setswitchinterval(interval)
+    assert results == ["ok"] * 4
+    assert clean(net)
+
+
 # two models in two threads --------------------------------------------------------------
 
 
