@@ -391,6 +391,9 @@ def execute(
                 _run_model(run, call)
         else:
             _run_model(run, call)
+    except ModuleNotCalledError as error:
+        hooks.explain(error)  # a note when the modules ran in other threads
+        raise
     finally:
         hooks.remove()
     return run.saved

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from nnsight_graph import NNsight, capture
+from nnsight_graph import ModuleNotCalledError, NNsight, capture
 from nnsight_graph.ir import node as ir_node
 
 TIMEOUT = 10.0  # seconds any wait may take before the test fails
@@ -602,3 +602,39 @@ def test_first_traces_of_a_lazy_model_in_two_threads_load_it_once(path, monkeypa
     want_a, want_b = trace("The Eiffel Tower is in")(), trace("The Colosseum is in")()
     assert torch.allclose(logits_a, want_a, atol=1e-5)
     assert torch.allclose(logits_b, want_b, atol=1e-5)
+
+
+class Pooled(torch.nn.Module):
+    """Runs layer1 in a worker thread of its own, as some model code does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer1 = torch.nn.Linear(5, 10)
+        self.layer2 = torch.nn.Linear(10, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        box: list[torch.Tensor] = []
+        worker = threading.Thread(target=lambda: box.append(self.layer1(x)))
+        worker.start()
+        worker.join(TIMEOUT)
+        return self.layer2(box[0])
+
+
+@pytest.mark.parametrize("invokes", [1, 2], ids=["straight", "general"])
+def test_a_module_run_in_a_worker_thread_is_an_error_that_says_so(invokes, line_of, clean):
+    torch.manual_seed(0)
+    net = Pooled().requires_grad_(False)
+    model = NNsight(net)
+    (x,) = inputs(1)
+    with pytest.raises(ModuleNotCalledError) as caught:
+        with model.trace() as tracer:
+            for _ in range(invokes):
+                with tracer.invoke(x):
+                    hidden = model.layer1.output.save()  # mark: pooled
+    message = str(caught.value)
+    assert line_of("pooled") in message and "model.layer1" in message
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "model.layer1 ran in another thread during this run" in notes
+    assert "thread that runs it" in notes
+    assert clean(net)
+    assert "hidden" not in locals()
