@@ -192,6 +192,46 @@ def test_same_model_general_executor_two_invokes_in_two_threads(clean):
     assert clean(net)
 
 
+def test_a_forward_that_found_the_hook_of_a_run_that_ended_since_passes_through(clean):
+    """torch takes a copy of a module's pre-hooks, then asks for each whether it wants keyword
+    arguments: a run that ends in between leaves its hook in the copy but not that mark."""
+    net = make_block_net()
+    model = NNsight(net)
+    xa, xb = inputs(2)
+    in_copy, a_done = threading.Event(), threading.Event()
+    b_thread: list[int] = []
+
+    def pause_b(module, args):  # registered first: runs before the run's own pre-hook
+        if b_thread and threading.get_ident() == b_thread[0]:
+            in_copy.set()
+            a_done.wait(TIMEOUT)
+
+    handle = net.block.layer1.register_forward_pre_hook(pause_b)
+
+    def trace_a():
+        with model.trace(xa):
+            given = model.block.layer1.input.clone().save()
+        a_done.set()
+        return given
+
+    def forward_b():
+        b_thread.append(threading.get_ident())
+        return net(xb)
+
+    try:
+        a = Worker(trace_a, net.block.gate).start_and_hold()  # A's pre-hook is on layer1
+        b = Worker(forward_b)
+        b.thread.start()
+        assert in_copy.wait(TIMEOUT)  # B has copied the hooks, A's among them
+        given = a.finish()  # A ends and takes its hook and its mark out
+        plain = b.finish()  # B calls A's hook without keyword arguments
+    finally:
+        handle.remove()
+    assert torch.equal(given, xa)
+    assert torch.equal(plain, net(xb))
+    assert clean(net)
+
+
 def test_first_runs_in_two_threads_each_learn_the_true_call_order():
     solo = NNsight(make_block_net())
     with solo.trace(inputs(1)[0]):
