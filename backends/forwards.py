@@ -45,7 +45,7 @@ _THREAD = _ThreadForwards()
 
 
 def _dispatcher(key: int, original: Forward) -> Forward:
-    forwards = _THREAD  # looked up per call: the thread-local gives each thread its own dict
+    forwards = _THREAD  # its `.forwards`, read per call, is the calling thread's own dict
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         replacement = forwards.forwards.get(key)
@@ -81,6 +81,8 @@ class ReplacedForwards:
         forwards[key] = make(previous if previous is not None else installed.original)
 
     def restore(self) -> None:
+        """Undo every `replace` of this run, latest first; the last run that used a module's
+        dispatcher takes it out. Call it in the thread that replaced them."""
         forwards = _THREAD.forwards
         for key, previous in reversed(self.replaced):
             if previous is None:
@@ -97,6 +99,7 @@ class ReplacedForwards:
 
 
 def _uninstall(installed: _Installed) -> None:
+    """Put back the `forward` the module had before the dispatcher."""
     module = installed.module
     if module.__dict__.get("forward") is not installed.dispatcher:
         return  # someone else set a forward since: theirs stays
