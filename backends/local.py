@@ -384,9 +384,9 @@ def execute(
         hooks.attach(plan.modules, module_at, run.fire)
         if plan.skips or plan.sources:
             sources = {path: module_at(path) for path in plan.sources}
-            with (
-                skipped_modules(plan.skips, module_at, run.skip_values),
+            with (  # skips wrap the traced sources: a module can be both, at different steps
                 traced_sources(sources, run.fire, plan.expanded),
+                skipped_modules(plan.skips, module_at, run.skip_values),
             ):
                 _run_model(run, call)
         else:
