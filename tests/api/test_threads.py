@@ -678,3 +678,47 @@ def test_a_module_run_in_a_worker_thread_is_an_error_that_says_so(invokes, line_
     assert "thread that runs it" in notes
     assert clean(net)
     assert "hidden" not in locals()
+
+
+def test_generations_in_two_threads_each_get_their_own_tokens(llm):
+    """A generation held in its second forward (a pre-hook of the test's own) while another
+    thread generates from a different prompt: each gets the tokens it gets alone."""
+    block = llm._module.transformer.h[0]
+    held: dict[int, int] = {}  # thread id -> forwards of block 0 seen
+    arrived, release = threading.Event(), threading.Event()
+
+    def hold_second_step(module, args):
+        ident = threading.get_ident()
+        if ident in held:
+            held[ident] += 1
+            if held[ident] == 2:
+                wait(arrived, release)
+
+    def generate(prompt: str, zero: bool) -> Callable[[], Any]:
+        def run():
+            with llm.generate(prompt, max_new_tokens=3) as tracer:
+                with tracer.iter[:] as step:
+                    if zero and step == 1:
+                        llm.transformer.h[0].output[:] = 0
+                output = llm.generator.output.save()
+            return output
+
+        return run
+
+    def held_run():
+        held[threading.get_ident()] = 0
+        return generate("The Eiffel Tower is in", True)()
+
+    handle = block.register_forward_pre_hook(hold_second_step)
+    try:
+        worker = Worker(held_run)
+        worker.thread.start()
+        assert arrived.wait(TIMEOUT)  # A is in step 1, its hooks on the model
+        other = generate("The Colosseum is in", False)()
+        release.set()
+        mine = worker.finish()
+    finally:
+        handle.remove()
+    assert torch.equal(other, generate("The Colosseum is in", False)())
+    assert torch.equal(mine, generate("The Eiffel Tower is in", True)())
+    assert not torch.equal(mine, generate("The Eiffel Tower is in", False)())  # the edit counts
