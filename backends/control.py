@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
 
 from ..ir.errors import BatchError
 from .batching import batch_size, concatenate, merge
+from .forwards import ReplacedForwards
 
 
 class StopRun(BaseException):
@@ -82,27 +84,25 @@ def skipped_modules(
 ) -> Iterator[None]:
     """While the block runs, each module in `paths` whose current call some invoke skipped
     (a `SkipCall` in `pending`, queued by its input hook) returns the skip values instead of,
-    or merged into, its forward's output; the forwards are put back after.
-    """
-    patched: list[tuple[torch.nn.Module, Any]] = []
+    or merged into, its forward's output, in this thread only; the forwards are put back
+    after (`forwards.ReplacedForwards`)."""
+    replaced = ReplacedForwards()
     try:
         for path in paths:
-            module = module_at(path)
-            own = module.__dict__.get("forward")
-            original = module.forward
-
-            def forward(*args: Any, _path: str = path, _original: Any = original, **kwargs: Any):
-                skip = pending.pop(_path, None)
-                if skip is None:
-                    return _original(*args, **kwargs)
-                return skip.output(lambda: _original(*args, **kwargs))
-
-            patched.append((module, own))
-            module.forward = forward  # type: ignore[method-assign]
+            replaced.replace(module_at(path), partial(_skipping, path, pending))
         yield
     finally:
-        for module, own in patched:
-            if own is None:
-                del module.forward
-            else:
-                module.forward = own  # type: ignore[method-assign]
+        replaced.restore()
+
+
+def _skipping(path: str, pending: dict[str, SkipCall], original: Any) -> Any:
+    """The forward of a skipped module: the skip values of its current call, or else
+    `original`'s result."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        skip = pending.pop(path, None)
+        if skip is None:
+            return original(*args, **kwargs)
+        return skip.output(lambda: original(*args, **kwargs))
+
+    return forward

@@ -422,13 +422,16 @@ def execute(
         hooks.attach(plan.modules, module_at, run.fire)
         if plan.skips or plan.sources:
             sources = {path: module_at(path) for path in plan.sources}
-            with (
-                skipped_modules(plan.skips, module_at, run.skip_calls),
+            with (  # skips wrap the traced sources: a module can be both, at different steps
                 traced_sources(sources, run.fire, plan.expanded),
+                skipped_modules(plan.skips, module_at, run.skip_calls),
             ):
                 _run_model(run, call)
         else:
             _run_model(run, call)
+    except ModuleNotCalledError as error:
+        hooks.explain(error)  # a note when the modules ran in other threads
+        raise
     finally:
         hooks.remove()
     return run.saved

@@ -1,7 +1,12 @@
-"""Watch one run of a model to learn its call order and which modules return batch tensors."""
+"""Watch one run of a model to learn its call order and which modules return batch tensors.
+
+The hooks are global (every module, every thread): they record only the calls made in the
+thread that watches, so a forward of the same model in another thread cannot change the order.
+"""
 
 from __future__ import annotations
 
+from _thread import get_ident
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,18 +29,20 @@ class Observation:
 
 @contextmanager
 def observed(root: torch.nn.Module, batch_rows: int | None) -> Iterator[Observation]:
-    """Record every call of `root`'s modules while the block runs (global hooks, removed after)."""
+    """Record every call of `root`'s modules in this thread while the block runs (global hooks,
+    removed after)."""
     paths = {id(module): path for path, module in root.named_modules()}
     observation = Observation()
+    thread = get_ident()
 
     def before(module: torch.nn.Module, args: Any) -> None:
         path = paths.get(id(module))
-        if path is not None:
+        if path is not None and get_ident() == thread:
             observation.events.append((path, "input"))
 
     def after(module: torch.nn.Module, args: Any, output: Any) -> None:
         path = paths.get(id(module))
-        if path is None:
+        if path is None or get_ident() != thread:
             return
         observation.events.append((path, "output"))
         if (

@@ -3,7 +3,9 @@
 `instrument(forward)` names each call site (`self_c_attn_0`, `attention_interface_0`: the
 callee's name and its index) and compiles a copy of the forward in which each call goes
 through a dispatcher. While a run needs those sites, the module's forward is replaced by the
-copy (an instance attribute, removed afterwards); otherwise nothing changes.
+copy in that run's thread only (`forwards.ReplacedForwards`); otherwise nothing changes. Which
+run a call site reports to is per thread too, so overlapping runs in two threads each see
+their own calls.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import ast
 import functools
 import inspect
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .forwards import ReplacedForwards
 
 DISPATCH = "__nnsight_source_call__"
 
@@ -117,13 +122,22 @@ def _callee_name(func: ast.expr) -> str:
 # run time -------------------------------------------------------------------------------------
 
 Fire = Callable[[tuple[str, str], Any], Any]
-_ACTIVE: dict[int, tuple[str, Fire]] = {}  # id(module) -> (its path, the run's fire)
-_EXPANDED: set[str] = set()  # call sites whose own calls are traced (`site.source.x`)
-_CALLERS: list[tuple[str, Fire]] = []  # the expanded call sites being run, innermost last
+
+
+class _SourceRuns(threading.local):
+    """The source-traced runs of this thread: each thread's call sites report to its own."""
+
+    def __init__(self) -> None:
+        self.modules: dict[int, tuple[str, Fire]] = {}  # id(module) -> (its path, run's fire)
+        self.expanded: set[str] = set()  # call sites whose own calls are traced (`x.source.y`)
+        self.callers: list[tuple[str, Fire]] = []  # the expanded sites being run, innermost last
+
+
+_RUNS = _SourceRuns()
 
 
 def _dispatch(owner: Any, name: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-    active = _ACTIVE.get(id(owner))
+    active = _RUNS.modules.get(id(owner))
     if active is None:
         return function(*args, **kwargs)
     path, fire = active
@@ -131,21 +145,23 @@ def _dispatch(owner: Any, name: str, function: Any, *args: Any, **kwargs: Any) -
 
 
 def _nested_dispatch(owner: Any, name: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-    if not _CALLERS:
+    callers = _RUNS.callers
+    if not callers:
         return function(*args, **kwargs)
-    caller, fire = _CALLERS[-1]
+    caller, fire = callers[-1]
     return _report(f"{caller}.source.{name}", fire, function, args, kwargs)
 
 
 def _report(site: str, fire: Fire, function: Any, args: Any, kwargs: Any) -> Any:
     args, kwargs = fire((site, "input"), (args, kwargs))
-    if site in _EXPANDED:
+    runs = _RUNS
+    if site in runs.expanded:
         function = _expanded(site, function)
-        _CALLERS.append((site, fire))
+        runs.callers.append((site, fire))
         try:
             result = function(*args, **kwargs)
         finally:
-            _CALLERS.pop()
+            runs.callers.pop()
     else:
         result = function(*args, **kwargs)
     return fire((site, "output"), result)
@@ -191,25 +207,22 @@ def traced_sources(
     modules: dict[str, torch.nn.Module], fire: Fire, expanded: set[str]
 ) -> Iterator[None]:
     """While the block runs, each module's forward reports its call sites to `fire`; the
-    functions called at the `expanded` sites report theirs too."""
-    patched: list[tuple[torch.nn.Module, Any]] = []
-    _EXPANDED.update(expanded)
+    functions called at the `expanded` sites report theirs too (calls in this thread only)."""
+    runs = _RUNS
+    replaced = ReplacedForwards()
+    added = expanded - runs.expanded
+    runs.expanded.update(added)
     try:
         for path, module in modules.items():
-            instrumented = instrument(type(module).forward)
-            own = module.__dict__.get("forward")
-            patched.append((module, own))
-            module.forward = instrumented.function.__get__(module)  # type: ignore[method-assign]
-            _ACTIVE[id(module)] = (path, fire)
+            copy = instrument(type(module).forward).function.__get__(module)
+            replaced.replace(module, lambda original, copy=copy: copy)
+            runs.modules[id(module)] = (path, fire)
         yield
     finally:
-        _EXPANDED.difference_update(expanded)
-        for module, own in patched:
-            _ACTIVE.pop(id(module), None)
-            if own is None:
-                del module.forward
-            else:
-                module.forward = own  # type: ignore[method-assign]
+        runs.expanded.difference_update(added)
+        for module in modules.values():
+            runs.modules.pop(id(module), None)
+        replaced.restore()
 
 
 def annotated(instrumented: Instrumented) -> str:

@@ -134,7 +134,7 @@ def execute_straight(
     accesses = plan.accesses
     if run.next < len(accesses):
         access = accesses[run.next]
-        raise not_called(access.node, run.fired.get(access.site, 0))
+        raise hooks.explain(not_called(access.node, run.fired.get(access.site, 0)))
     if plan.after:
         run.run_steps(plan.after)
     return run.saved

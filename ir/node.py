@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -20,6 +21,9 @@ class Ref:
 
 
 _REFS: list[Ref] = []
+# Growing the shared tables is one step under a lock: two threads growing at once would each
+# append from the same length, and `_REFS[i]` would no longer be `Ref(i)`. Reads take no lock.
+_GROW = threading.Lock()
 
 
 def ref(id: int) -> Ref:
@@ -27,7 +31,8 @@ def ref(id: int) -> Ref:
     try:
         return _REFS[id]
     except IndexError:
-        _REFS.extend(Ref(i) for i in range(len(_REFS), id + 1))
+        with _GROW:
+            _REFS.extend([Ref(i) for i in range(len(_REFS), id + 1)])
         return _REFS[id]
 
 
@@ -49,7 +54,8 @@ def const(index: int) -> Const:
     try:
         return _CONSTS[index]
     except IndexError:
-        _CONSTS.extend(Const(i) for i in range(len(_CONSTS), index + 1))
+        with _GROW:
+            _CONSTS.extend([Const(i) for i in range(len(_CONSTS), index + 1)])
         return _CONSTS[index]
 
 

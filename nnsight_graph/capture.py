@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import linecache
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -277,7 +278,8 @@ def end(frame: FrameType, captured: CapturedBody, exc_type: type[BaseException] 
     # is set, every call costs a call of `_ignore_calls` too
     frame.f_trace = None
     frame.f_trace_opcodes = False
-    sys.settrace(_previous_trace.pop() if _previous_trace else None)
+    previous = _SKIP.previous
+    sys.settrace(previous.pop() if previous else None)
     return exc_type is SkipBody
 
 
@@ -323,7 +325,15 @@ class CapturedBlock:
         raise NotImplementedError
 
 
-_previous_trace: list[Any] = []
+class _SkipState(threading.local):
+    """The trace functions `skip_body` replaced, innermost last. `sys.settrace` is per thread,
+    so the stack is too: a trace in another thread must not restore this thread's function."""
+
+    def __init__(self) -> None:
+        self.previous: list[Any] = []
+
+
+_SKIP = _SkipState()
 
 
 def skip_body(frame: FrameType) -> None:
@@ -335,7 +345,7 @@ def skip_body(frame: FrameType) -> None:
     no opcode events raise at the first line event instead. The `as` name is then not yet
     bound, so the tracer binds it itself.
     """
-    _previous_trace.append(sys.gettrace())
+    _SKIP.previous.append(sys.gettrace())
     # the frame's own settings first: Python 3.12 delivers opcode events to a frame only if
     # it asked for them before tracing was switched on
     frame.f_trace_opcodes = True

@@ -13,7 +13,7 @@ import torch
 from . import renaming
 from .ir import GraphBuildError, InvokeError, Op
 from .proxy import Proxy
-from .recorder import _ACTIVE, NO_KWARGS, Recorder, active, user_location
+from .recorder import _STATE, NO_KWARGS, Recorder, active, user_location
 
 _READ = Op.READ  # a module-level name: `Op.X` is slow on Python 3.11 (EnumType.__getattr__)
 _VALUES = ("output", "input", "inputs")  # what `.output`, `.input`, `.inputs` read
@@ -210,7 +210,7 @@ class Envoy:
         return site
 
     def _read(self, what: str) -> Proxy:
-        recorder = _ACTIVE[-1] if _ACTIVE else None
+        recorder = _STATE.recorder  # this thread's
         if recorder is None or recorder.invoke < 0 or recorder.root is not self._root:
             recorder = self._recorder(what)  # raises, saying what to do (or allows no root)
         # no arguments to encode: `append` directly (`_read` is called by the properties)
@@ -227,7 +227,7 @@ class Envoy:
         it, so it does not count as one of the module's steps. Any model's module may be
         called this way: it is a function applied to a value, not a read of the traced model.
         """
-        if not _ACTIVE:
+        if _STATE.recorder is None:
             root = self._root
             if root is not None:
                 root._before_direct_call()

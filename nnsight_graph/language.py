@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from .tracer import Tracer
 
 # trace() keywords that are tokenizer inputs of the implicit invoke, not model options
 _INPUT_KEYS = ("input_ids", "attention_mask")
+_DISPATCH = threading.Lock()  # loading weights is rare: one lock for every model
 
 # mixture-of-experts implementations that fake tensors cannot run: "grouped_mm" calls
 # torch._grouped_mm, whose fake kernel takes only bf16 on CPU; "eager" loops over the experts
@@ -156,12 +158,15 @@ class LanguageModel(NNsight):
         """Load the real weights now (a model built lazily holds meta tensors until then)."""
         if self._loaded:
             return
-        module = _load(self._name, self._device_map, self._load_kwargs)
-        for path, method, args, kwargs in self._pending:
-            getattr(module.get_submodule(path), method)(*args, **kwargs)
-        self._pending.clear()
-        self._swap(module)
-        object.__setattr__(self, "_loaded", True)
+        with _DISPATCH:  # first traces in two threads: one loads, the other waits for it
+            if self._loaded:
+                return
+            module = _load(self._name, self._device_map, self._load_kwargs)
+            for path, method, args, kwargs in self._pending:
+                getattr(module.get_submodule(path), method)(*args, **kwargs)
+            self._pending.clear()
+            self._swap(module)
+            object.__setattr__(self, "_loaded", True)
 
     @property
     def device(self) -> torch.device | None:

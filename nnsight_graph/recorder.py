@@ -5,6 +5,7 @@ from __future__ import annotations
 import linecache
 import os
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
@@ -286,25 +287,40 @@ def _proxies_in(value: Any, depth: int = 0) -> Iterator[Proxy]:
             yield from _proxies_in(item, depth + 1)
 
 
-_ACTIVE: list[Recorder] = []
+class _ThreadState(threading.local):
+    """What this thread is recording. Each thread records its own traces: a trace opened in
+    one thread never sees another thread's recorder or session."""
+
+    def __init__(self) -> None:
+        self.recorder: Recorder | None = None  # the trace whose body is being recorded
+        self.session: Any = None  # the model.session() whose body is being recorded
+
+
+# Read on every Envoy access: one attribute of a thread-local (about 15 ns more than the
+# module-level list it replaced, which every thread shared).
+_STATE = _ThreadState()
 
 
 def active() -> Recorder | None:
-    """The recorder of the trace being recorded, if any."""
-    return _ACTIVE[-1] if _ACTIVE else None
+    """The recorder of the trace this thread is recording, if any."""
+    return _STATE.recorder
 
 
 class recording:  # noqa: N801 - used like a function: `with recording(recorder):`
-    """Make `recorder` the active one while the body runs (a class: cheaper than a generator)."""
+    """Make `recorder` this thread's active one while the body runs (a class: cheaper than a
+    generator)."""
 
-    __slots__ = ("recorder",)
+    __slots__ = ("recorder", "previous")
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
+        self.previous: Recorder | None = None
 
     def __enter__(self) -> Recorder:
-        _ACTIVE.append(self.recorder)
+        state = _STATE
+        self.previous = state.recorder
+        state.recorder = self.recorder
         return self.recorder
 
     def __exit__(self, *exc_info: object) -> None:
-        _ACTIVE.pop()
+        _STATE.recorder = self.previous

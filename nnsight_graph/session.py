@@ -11,18 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 from . import capture, frames, saving
 from .ir import GraphBuildError
-from .recorder import _ACTIVE, SessionValue
+from .recorder import _STATE, SessionValue
 
 if TYPE_CHECKING:
     from .model import NNsight
     from .tracer import Tracer
 
-_SESSIONS: list[Session] = []
-
 
 def current() -> Session | None:
-    """The session whose body is being recorded, if any."""
-    return _SESSIONS[-1] if _SESSIONS else None
+    """The session whose body this thread is recording, if any (each thread has its own)."""
+    session: Session | None = _STATE.session
+    return session
 
 
 class Session(capture.CapturedBlock):
@@ -33,7 +32,7 @@ class Session(capture.CapturedBlock):
         self.traces: list[Tracer] = []
 
     def __enter__(self) -> Session:
-        if _ACTIVE or _SESSIONS:
+        if _STATE.recorder is not None or _STATE.session is not None:
             raise GraphBuildError("a session cannot be opened inside a trace or another session")
         self._capture()
         return self
@@ -52,11 +51,12 @@ class Session(capture.CapturedBlock):
         captured = self._captured
         assert captured is not None
         body, namespace, local_vars = compiled_body(self, captured, frame)
-        _SESSIONS.append(self)
+        state = _STATE
+        state.session = self  # `__enter__` found none: sessions do not nest
         try:
             variables = body(namespace)
         finally:
-            _SESSIONS.pop()
+            state.session = None
         for tracer in self.traces:
             tracer._run_in_session()
         values = saving.bound_values(captured.stored, variables)

@@ -11,7 +11,7 @@ from .cache import CacheView, cache_kinds, cache_options, cache_paths, new_cache
 from .extras import Barrier
 from .ir import Graph, GraphBuildError, InvokeError, NNsightError, Op
 from .proxy import Proxy
-from .recorder import _ACTIVE, Recorder, active, recording, user_location
+from .recorder import _STATE, Recorder, active, recording, user_location
 from .steps import IterIndexer, StepRange, is_steps
 
 if TYPE_CHECKING:
@@ -178,12 +178,13 @@ class Tracer(capture.CapturedBlock):
     # the with statement -------------------------------------------------------------------
 
     def __enter__(self) -> Tracer:
-        if _ACTIVE:
+        state = _STATE  # this thread's: traces in other threads are no concern of this one
+        if state.recorder is not None:
             raise GraphBuildError(
                 "a trace cannot be opened inside another trace; close the first one, or group "
                 "traces with model.session()"
             )
-        if session.current() is not None:
+        if state.session is not None:
             return self._enter_in_session()
         if self.method == "edit" and not self.call_kwargs.get("inplace"):
             self._edited = self.model._edit_copy()  # what the block's `as` name stands for
@@ -287,7 +288,8 @@ class Tracer(capture.CapturedBlock):
         body, namespace, local_vars = compiled_body(self, captured, frame)
         global_vars = frame.f_globals
         recorder = self._recorder = Recorder(self.model._root)
-        _ACTIVE.append(recorder)  # what `with recording(recorder):` does, without its calls
+        state = _STATE
+        state.recorder = recorder  # what `with recording(recorder):` does, without its calls
         try:
             if self.method == "edit":
                 recorder.open_invoke((), {}, None)  # an edit sees every row of each trace
@@ -304,7 +306,7 @@ class Tracer(capture.CapturedBlock):
             if captured.mutated:
                 _keep_outer_containers(captured, local_vars, global_vars, recorder)
         finally:
-            _ACTIVE.pop()
+            state.recorder = None  # `__enter__` found none active, and the body was skipped
             self._recorder = None
         self.graph = graph = self._finish_recording(recorder)
         key = (captured.file, captured.line)

@@ -108,3 +108,38 @@ def test_a_function_chosen_at_run_time_is_traced_by_name(llm):
         inner = getattr(attention.source, name).output.save()
         outer = attention.output.save()
     assert torch.allclose(inner.transpose(1, 2), outer[0])
+
+
+class _Inner(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.linear(x) + 1
+
+
+class _Twice(torch.nn.Module):
+    """Calls one module twice: step 0 and step 1 of `inner`."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _Inner()
+
+    def forward(self, x):
+        return self.inner(self.inner(x))
+
+
+def test_a_module_skipped_at_one_step_and_source_traced_keeps_its_skip():
+    torch.manual_seed(0)
+    net = _Twice().requires_grad_(False)
+    model = NNsight(net)
+    x = torch.rand(1, 4)
+    with model.trace(x) as tracer:
+        model.inner.skip(torch.zeros(1, 4))  # the first call does not run
+        given = model.inner.source.self_linear_0.input.save()  # so the site runs once: call 2
+        tracer.next()
+        out = model.inner.output.save()
+    assert torch.equal(given, torch.zeros(1, 4))
+    assert torch.allclose(out, net.inner(torch.zeros(1, 4)))
+    assert "forward" not in net.inner.__dict__
