@@ -2,7 +2,9 @@
 
 Sections 1-4 run on the walkthrough's two-layer net, sections 5-9 on the GPT-2 that ships
 with the package (section 9's remote cells run locally: there is no server yet). Run from the
-repository root: `python examples/demo.py`.
+repository root: `python examples/demo.py`. It ends with coming_from_nnsight.py: everyday
+nnsight 0.8.1 code beyond the walkthrough (module methods, context managers, aliases, caches,
+the streamer, skips per invoke, gradients, threads).
 """
 
 import runpy
@@ -10,5 +12,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("walkthrough_basics.py", "walkthrough_generation.py", "walkthrough_advanced.py"):
+SCRIPTS = (
+    "walkthrough_basics.py",
+    "walkthrough_generation.py",
+    "walkthrough_advanced.py",
+    "coming_from_nnsight.py",  # everyday nnsight 0.8.1 forms beyond the walkthrough
+)
+
+for script in SCRIPTS:
+    print(f"\n===== {script} =====")
     runpy.run_path(str(HERE / script), run_name="__main__")
