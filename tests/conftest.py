@@ -5,26 +5,11 @@ from collections.abc import Callable, Iterable
 
 import pytest
 import torch
+from support import GLOBAL_HOOK_DICTS, MODULE_HOOK_DICTS
 from torch.nn.modules import module as torch_module
 from torch.utils.hooks import RemovableHandle
 
 import nnsight_graph as nnsight
-
-# every dict a forward hook can sit in: a run puts its hooks straight into the module's own
-# dicts (backends/hooks.py), so all of them are looked at, not only the registered ones
-MODULE_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
-GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_forward_hooks_with_kwargs",
-    "_global_forward_hooks_always_called",
-)
 
 
 def no_hooks_left(root: torch.nn.Module, *, ignore: Iterable[RemovableHandle] = ()) -> bool:

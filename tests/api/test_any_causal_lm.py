@@ -96,19 +96,7 @@ NAMES = list(ARCHS)
 NO_EMBEDDINGS_STATE = {"mamba"}
 
 # the hook dicts tests/conftest.py's `clean` looks at; here, transformers' own hooks are allowed
-MODULE_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
-GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_forward_hooks_with_kwargs",
-    "_global_forward_hooks_always_called",
-)
+from support import GLOBAL_HOOK_DICTS, MODULE_HOOK_DICTS  # noqa: E402
 
 
 @dataclass

@@ -1,44 +1,18 @@
 """Binding saved values back into the caller: module level, functions, closures, methods,
 IPython cells; and capture failures when there is no source to read."""
 
-import importlib.util
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
+from support import NET_SOURCE, import_file, write_net_script
 
 import nnsight_graph as nnsight
-
-NET_SOURCE = """\
-from collections import OrderedDict
-
-import torch
-
-import nnsight_graph as nnsight
-
-torch.manual_seed(0)
-net = torch.nn.Sequential(
-    OrderedDict([("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))])
-).requires_grad_(False)
-model = nnsight.NNsight(net)
-x = torch.rand(1, 5)
-"""
-
-
-def import_file(path, name):
-    """Import a real .py file as a module (so that the trace can read its source)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_module(tmp_path, name, body):
-    path = tmp_path / f"{name}.py"
-    path.write_text(NET_SOURCE + textwrap.dedent(body))
-    return path
+    return write_net_script(tmp_path, name, body)
 
 
 # module level ------------------------------------------------------------------------------

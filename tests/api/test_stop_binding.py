@@ -5,39 +5,11 @@ A stop that depends on a traced value (`if proxy: tracer.stop()`) is only known 
 then the saved values the run never reached are not bound, and plain values are.
 """
 
-import importlib.util
-import textwrap
-
 import pytest
 import torch
+from support import import_net_script as import_body
 
 import nnsight_graph as nnsight
-
-NET_SOURCE = """\
-from collections import OrderedDict
-
-import torch
-
-import nnsight_graph as nnsight
-
-torch.manual_seed(0)
-net = torch.nn.Sequential(
-    OrderedDict([("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))])
-).requires_grad_(False)
-model = nnsight.NNsight(net)
-x = torch.rand(1, 5)
-"""
-
-
-def import_body(tmp_path, name, body):
-    """Import a .py file made of the net's set-up and `body` (a trace reads its source)."""
-    path = tmp_path / f"{name}.py"
-    path.write_text(NET_SOURCE + textwrap.dedent(body))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # unconditional stops: the rest of the body does not run --------------------------------------
 
