@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..ir import ModuleNotCalledError
-from .plan import INPUT, OUTPUT, Site
+from ..ir.sites import INPUT, OUTPUT
+from .plan import Site
 
 Fire = Callable[[Site, Any], Any]  # an executor's `fire(site, value)`: returns the value to pass on
 

@@ -20,6 +20,7 @@ from ..ir.errors import (
     StepsSkippedWarning,
 )
 from ..ir.functions import SKIPPED
+from ..ir.sites import site_of
 from .apply import apply
 from .batching import merge, narrow
 from .control import SkipCall, StopRun, skipped_modules
@@ -247,7 +248,7 @@ class Run(GradientSteps):
                         f"the gradient requested at {node.loc} was never computed: the loss "
                         "does not depend on that value, or the backward pass never reached it"
                     )
-                if waiting is None and ".source." in node.target:
+                if waiting is None and site_of(node.target).in_source:
                     raise ModuleNotCalledError(
                         f"{describe(node.target)} requested at {node.loc} was never reached: "
                         "that call site is in a branch the forward did not take this time (print "
@@ -310,7 +311,7 @@ class Run(GradientSteps):
                 return
             new = self.value(node.args[-1])
             if kind == "skip":
-                path = node.target.rpartition(".")[0]
+                path = site_of(node.target).path
                 skip = self.skip_calls.get(path)
                 if skip is None:
                     skip = self.skip_calls[path] = SkipCall(self.total)

@@ -7,21 +7,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..ir import HOOKED, Const, Graph, Node, Op, Ref
+from ..ir.sites import GRAD, RESULT, site_of
 from .caching import CacheSpec
 
-INPUT = "input"
-OUTPUT = "output"
-RESULT = "result"
-GRAD = "grad"
 Site = tuple[str, str]  # (module path, hook kind): ("layer1", "output"), ("", "result")
 
 
 def parse_target(target: str) -> tuple[Site, str]:
     """Split "h.0.inputs" into its site ("h.0", "input") and what it projects ("inputs")."""
-    if target == RESULT:
-        return ("", RESULT), RESULT
-    path, _, kind = target.rpartition(".")
-    return (path, INPUT if kind in ("input", "inputs", "skip") else OUTPUT), kind
+    site = site_of(target)
+    return (site.path, site.hook), site.kind
 
 
 @dataclass
@@ -67,7 +62,7 @@ class Plan:
                 plan.sites[node.id] = (site, kind)
                 if site[1] == RESULT:
                     plan.reads_result = True
-                elif ".source." in site[0]:
+                elif site_of(node.target).in_source:
                     parts = site[0].split(".source.")
                     plan.sources.add(parts[0])
                     for depth in range(2, len(parts)):

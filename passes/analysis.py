@@ -4,10 +4,7 @@ annotate nodes."""
 from __future__ import annotations
 
 from ..ir import HOOKED, Graph, Op
-
-INPUT_KINDS = frozenset({"input", "inputs", "skip"})
-"""Targets served by a module's forward pre-hook; every other module target by its forward hook.
-(A skip is decided before the forward runs, so it needs the pre-hook.)"""
+from ..ir.sites import site_of
 
 
 def needed_hooks(graph: Graph) -> dict[str, set[str]]:
@@ -21,8 +18,8 @@ def needed_hooks(graph: Graph) -> dict[str, set[str]]:
         if node.op in HOOKED:
             if node.target in ("grad", "result"):
                 continue
-            path, _, kind = node.target.rpartition(".")
-            hooks.setdefault(path, set()).add("input" if kind in INPUT_KINDS else "output")
+            site = site_of(node.target)
+            hooks.setdefault(site.module, set()).add(site.hook)
         elif node.op is Op.CACHE:
             for path in node.kwargs.get("paths", ()):
                 for kind in node.kwargs.get("kinds", ()):

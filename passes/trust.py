@@ -14,9 +14,9 @@ from typing import Any, Final
 from ..ir import Graph, Node, Op
 from ..ir.limits import LOCAL, Limits
 from ..ir.registry import METHODS, RegistryError, check_function
+from ..ir.sites import VALUE_KINDS, site_of
 
 _METHOD_NAMES: Final = frozenset().union(*METHODS.values())
-_SITE_ENDS: Final = ("output", "input", "inputs", "skip")
 
 OPTIONS: Final[dict[str, frozenset[str]]] = {
     "trace": frozenset({"use_cache", "output_attentions", "output_hidden_states", "return_dict"}),
@@ -115,14 +115,13 @@ def _check_name(name: str, allowed: frozenset[str], what: str) -> None:
 
 
 def _check_site(target: str, module_paths: Collection[str]) -> None:
-    path, _, end = target.rpartition(".")
-    if end not in _SITE_ENDS and target not in _SITE_ENDS:
+    site = site_of(target)
+    if site.kind not in VALUE_KINDS:
         raise RegistryError(
-            f"{target!r} is not a hook site (a module path and one of {_SITE_ENDS})"
+            f"{target!r} is not a hook site (a module path and one of "
+            f"{', '.join(sorted(VALUE_KINDS))})"
         )
-    if target in _SITE_ENDS:
-        return  # the root module
-    _check_path(path.split(".source.")[0], module_paths)
+    _check_path(site.module, module_paths)
 
 
 def _check_path(path: str, module_paths: Collection[str]) -> None:

@@ -13,13 +13,14 @@ from ..ir import (
     Ref,
     ValidationError,
 )
+from ..ir.sites import site_of
 from .facts import ModelFacts, Site
 from .optimize import eliminate_dead_nodes
 
 
 def _site(target: str) -> Site:
-    path, _, kind = target.rpartition(".")
-    return (path, "input" if kind in ("input", "inputs") else "output")
+    site = site_of(target)
+    return (site.path, site.hook)
 
 
 def _name(target: str) -> str:

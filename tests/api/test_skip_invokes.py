@@ -84,3 +84,18 @@ def test_skips_in_several_invokes_on_a_plain_module(make_net):
             out_y = model.output.save()
     assert torch.allclose(out_x, net.layer2(torch.ones(1, 10)))
     assert torch.allclose(out_y, net(y))
+
+
+def test_skip_then_reading_the_modules_input_works_on_every_trace(make_net):
+    """The skip and the input are served by the same (pre-)hook; the order check once knew it
+    only on the first trace (before the model's call order was learned) and then refused it."""
+    net = make_net()
+    model = nnsight.NNsight(net)
+    x = torch.rand(1, 5)
+    for _ in range(3):
+        with model.trace(x):
+            model.layer2.skip(torch.zeros(1, 2))
+            given = model.layer2.input.save()
+            out = model.output.save()
+        assert torch.allclose(given, net.layer1(x))
+        assert torch.equal(out, torch.zeros(1, 2))
