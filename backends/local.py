@@ -60,8 +60,10 @@ class Run(GradientSteps):
         total_rows: int,
         debug: bool,
         guard: Guard | None = None,
+        module_at: Callable[[str], torch.nn.Module] | None = None,
     ) -> None:
         self.plan = plan
+        self.module_at = module_at or _no_model  # for the model's modules the intervention calls
         self.apply = apply if guard is None else guard.apply  # an untrusted graph's checks
         self.graph = plan.graph
         self.constants = constants
@@ -348,16 +350,14 @@ class Run(GradientSteps):
             args = self.value(node.args)
             kwargs = self.value(node.kwargs) if node.kwargs else {}
         try:
-            if (
+            if node.op is Op.CALL_MODULE:
+                result = self.call_module(self.module_at(node.target), args, kwargs)
+            elif (
                 node.op is Op.METHOD
                 and node.target == "__call__"
                 and isinstance(args[0], torch.nn.Module)
             ):
-                self.muted += 1  # a module called by the intervention is not a step
-                try:
-                    result = args[0](*args[1:], **kwargs)
-                finally:
-                    self.muted -= 1
+                result = self.call_module(args[0], args[1:], kwargs)
             else:
                 result = self.apply(node, args, kwargs, self.saved)
         except Exception as error:
@@ -365,6 +365,17 @@ class Run(GradientSteps):
             raise
         self.store(node, result)
         self.release(node)
+
+    def call_module(
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Call a module for the intervention code: its hooks pass the call through, so it
+        is not one of the module's steps."""
+        self.muted += 1
+        try:
+            return module(*args, **kwargs)
+        finally:
+            self.muted -= 1
 
     def store(self, node: Node, value: Any) -> None:
         if self.remaining.get(node.id, 0) > 0:
@@ -395,6 +406,10 @@ class Run(GradientSteps):
         )
 
 
+def _no_model(path: str) -> torch.nn.Module:
+    raise ExecutionError(f"this run was given no model, so it cannot call the module {path!r}")
+
+
 def execute(
     plan: Plan,
     constants: list[Any],
@@ -417,7 +432,7 @@ def execute(
         invoke = plan.graph.invokes[0]
         if invoke.start == 0 and (invoke.stop is None or invoke.stop == total_rows):
             return execute_straight(straight, constants, module_at, call, debug, guard)
-    run = Run(plan, constants, total_rows, debug, guard)
+    run = Run(plan, constants, total_rows, debug, guard, module_at)
     hooks = RunHooks()
     try:
         hooks.attach(plan.modules, module_at, run.fire)

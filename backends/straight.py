@@ -77,7 +77,7 @@ class StraightPlan:
         for node in graph.nodes:
             if node.guard is not None or node.step != 0 or node.op in _CONTROL:
                 return None
-            if node.target == GRAD or (node.op is Op.METHOD and node.target == "__call__"):
+            if node.target == GRAD or node.op is Op.CALL_MODULE or node.target == "__call__":
                 return None  # gradients, and modules called by the intervention
             if node.invoke == 0 and any(invoke_of[i] != 0 for i in plan.inputs[node.id]):
                 return None

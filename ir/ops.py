@@ -27,6 +27,8 @@ class Op(str, enum.Enum):
     STOP = "stop"  # end the model's run here; what was saved so far is kept
     BARRIER = "barrier"  # wait until args[0] invokes reached barrier `target`
     CACHE = "cache"  # keep every value of the modules kwargs["paths"] while the model runs
+    CALL_MODULE = "call_module"  # call the model's module at target (a path) on args; its
+    # hooks do not see the call, so it is not one of the module's steps
 
     def __str__(self) -> str:
         return self.value
@@ -43,6 +45,7 @@ EFFECTFUL: Final = frozenset(
         Op.STOP,
         Op.BARRIER,
         Op.CACHE,
+        Op.CALL_MODULE,  # a module may keep state (running statistics) or change its input
     }
 )
 """Ops that must run even when nothing uses their value."""

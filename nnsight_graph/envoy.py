@@ -233,6 +233,9 @@ class Envoy:
                 root._before_direct_call()
             return self._module(*args, **kwargs)
         recorder = self._recorder("__call__", same_model=False)
+        if recorder.root is self._root:  # the traced model's module: by its path, as data
+            return recorder.proxy(Op.CALL_MODULE, self._path, args, **kwargs)
+        # another model's module is a function of this trace: it lives only in this process
         return recorder.proxy(Op.METHOD, "__call__", (self._module, *args), **kwargs)
 
     @property

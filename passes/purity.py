@@ -69,6 +69,8 @@ def may_change_values(node: Node) -> bool:
     """
     if node.op is Op.LOG or node.op is Op.SAVE:
         return False  # they read values and change none
+    if node.op is Op.CALL_MODULE:
+        return True  # a module may change its input in place (ReLU(inplace=True))
     if mutates(node):
         return True
     if node.op is Op.CALL:

@@ -97,6 +97,8 @@ def _check_node(node: Node, module_paths: Collection[str]) -> None:
                 raise RegistryError(f"the attribute name {node.target!r} is never allowed")
         elif op in (Op.READ, Op.WRITE, Op.SKIP) and node.target not in ("grad", "result"):
             _check_site(node.target, module_paths)
+        elif op is Op.CALL_MODULE:
+            _check_path(node.target, module_paths)
         elif op is Op.CACHE:
             for path in node.kwargs.get("paths", ()):
                 _check_path(path, module_paths)
