@@ -325,17 +325,17 @@ def _decompress(data: bytes, max_size: int) -> bytes:
         raise WireFormatError(f"the payload is corrupt or truncated: {e}") from e
 
 
-def _split(container: bytes, max_header: int) -> tuple[bytes, bytes]:
+def _split(container: bytes, max_header: int, magic: bytes = MAGIC) -> tuple[bytes, bytes]:
     """The JSON header and the safetensors blob of a decompressed container."""
-    if container[: len(MAGIC)] != MAGIC:
+    if container[: len(magic)] != magic:
         raise WireFormatError(
-            f"not an nnsight_graph payload: it starts with {container[: len(MAGIC)]!r}, "
-            f"not {MAGIC!r}"
+            f"not an nnsight_graph payload: it starts with {container[: len(magic)]!r}, "
+            f"not {magic!r}"
         )
-    start = len(MAGIC) + _LENGTH_BYTES
+    start = len(magic) + _LENGTH_BYTES
     if len(container) < start:
         raise WireFormatError("the payload is truncated: it ends inside its header length")
-    length = int.from_bytes(container[len(MAGIC) : start], "little")
+    length = int.from_bytes(container[len(magic) : start], "little")
     if length > max_header:
         raise WireFormatError(
             f"the payload's header is {length} bytes, more than the limit of {max_header}"

@@ -1,0 +1,220 @@
+"""Saved values as bytes: a JSON manifest of their structure, the tensors as safetensors.
+
+How a run's saved values travel back from a server (never pickle). The manifest maps each
+saved node id to its value's description: tensors by name (detached, on the CPU, a view sent
+as only its own elements), tuples, lists, str-keyed dicts, torch.Size, dtypes, devices,
+numbers, strings, bytes, None, and Hugging Face ModelOutputs (rebuilt as the class of that
+name in transformers.modeling_outputs, else as a dict). A value with no wire form (a KV cache
+object, say) is sent as `Omitted`, which names it and raises when used: never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import UnsavedValueError, WireFormatError
+from .limits import LOCAL, Limits
+from .wire import (
+    _LENGTH_BYTES,
+    _decode_number,
+    _decompress,
+    _dtypes,
+    _encode_primitive,
+    _load_tensors,
+    _save_tensors,
+    _split,
+)
+
+MAGIC = b"NNRESLT1"
+RESULTS_VERSION = 1
+_MAX_DEPTH = 64
+
+
+class Omitted:
+    """A saved value the sender could not put on the wire; any use says which and why."""
+
+    __slots__ = ("description",)
+
+    def __init__(self, description: str) -> None:
+        object.__setattr__(self, "description", description)
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsavedValueError(
+            f"{object.__getattribute__(self, 'description')} has no wire form, so it was not "
+            "sent back; save the tensors you need from it instead"
+        )
+
+    __getattr__ = __getitem__ = __iter__ = __len__ = __call__ = __bool__ = _fail
+
+    def __repr__(self) -> str:
+        return f"<Omitted: {object.__getattribute__(self, 'description')}>"
+
+
+def dumps_results(saved: dict[int, Any], level: int = 3) -> bytes:
+    """The saved values (node id -> value) as one zstd-compressed payload."""
+    import zstandard
+
+    tensors: dict[str, Any] = {}
+    encoder = _Encoder(tensors)
+    manifest = {
+        "results_version": RESULTS_VERSION,
+        "values": {str(id): encoder.value(value, f"%{id}", 0) for id, value in saved.items()},
+    }
+    header = json.dumps(manifest, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    blob = _save_tensors(tensors)
+    container = MAGIC + len(header).to_bytes(_LENGTH_BYTES, "little") + header + blob
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    return compressor.compress(container)
+
+
+def loads_results(data: bytes, limits: Limits = LOCAL) -> dict[int, Any]:
+    """The saved values in a payload made by dumps_results (WireFormatError when malformed)."""
+    container = _decompress(data, limits.decompressed_bytes)
+    header, blob = _split(container, limits.header_bytes, MAGIC)
+    try:
+        manifest = json.loads(header)
+    except ValueError as e:
+        raise WireFormatError(f"the results' manifest is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("results_version") != RESULTS_VERSION:
+        version = manifest.get("results_version") if isinstance(manifest, dict) else None
+        raise WireFormatError(
+            f"the results have version {version!r}, but this nnsight_graph reads version "
+            f"{RESULTS_VERSION}; use the same nnsight_graph version on the client and server"
+        )
+    values = manifest.get("values")
+    if not isinstance(values, dict):
+        raise WireFormatError("the results' manifest has no values")
+    decoder = _Decoder(_load_tensors(blob))
+    saved = {}
+    for key, value in values.items():
+        if not key.isdigit():
+            raise WireFormatError(f"the results name a node {key!r}, which is not a node id")
+        saved[int(key)] = decoder.value(value, 0)
+    return saved
+
+
+class _Encoder:
+    def __init__(self, tensors: dict[str, Any]) -> None:
+        self.tensors = tensors
+
+    def value(self, value: Any, where: str, depth: int) -> dict[str, Any]:
+        import torch
+
+        if depth > _MAX_DEPTH:
+            raise WireFormatError(f"the saved value {where} is nested too deeply to send")
+        if isinstance(value, torch.Tensor):
+            name = f"t{len(self.tensors)}"
+            self.tensors[name] = value
+            return {"kind": "tensor", "name": name}
+        if isinstance(value, torch.Size):
+            return {"kind": "size", "dims": [int(d) for d in value]}
+        if isinstance(value, torch.dtype):
+            return {"kind": "dtype", "name": str(value).removeprefix("torch.")}
+        if isinstance(value, torch.device):
+            return {"kind": "device", "name": str(value)}
+        output = _model_output_class(value)
+        if output is not None:
+            items = {k: self.value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+            return {"kind": "output", "class": output, "items": items}
+        if type(value) in (tuple, list):
+            items = [self.value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+            return {"kind": type(value).__name__, "items": items}
+        if type(value) is dict and all(type(k) is str for k in value):
+            items = {k: self.value(v, f"{where}[{k!r}]", depth + 1) for k, v in value.items()}
+            return {"kind": "dict", "items": items}
+        primitive = _encode_primitive(value)
+        if primitive is not None:
+            return primitive
+        kind = type(value)
+        return {"kind": "omitted", "what": f"{where} ({kind.__module__}.{kind.__qualname__})"}
+
+
+def _model_output_class(value: Any) -> str | None:
+    """The class name of a transformers ModelOutput (a dict subclass), else None."""
+    kind = type(value)
+    if not isinstance(value, dict) or kind is dict:
+        return None
+    if not any(base.__name__ == "ModelOutput" for base in kind.__mro__):
+        return None
+    return kind.__name__
+
+
+class _Decoder:
+    def __init__(self, tensors: dict[str, Any]) -> None:
+        self.tensors = tensors
+
+    def value(self, model: Any, depth: int) -> Any:
+        if depth > _MAX_DEPTH or not isinstance(model, dict):
+            raise WireFormatError("the results' manifest holds a value that is not described")
+        kind = model.get("kind")
+        if kind == "tensor":
+            name = model.get("name")
+            if name not in self.tensors:
+                raise WireFormatError(f"the results name a tensor {name!r} they do not hold")
+            return self.tensors[name]
+        if kind in ("tuple", "list"):
+            items = [self.value(v, depth + 1) for v in _items(model, list)]
+            return tuple(items) if kind == "tuple" else items
+        if kind == "dict":
+            return {k: self.value(v, depth + 1) for k, v in _items(model, dict).items()}
+        if kind == "output":
+            items = {k: self.value(v, depth + 1) for k, v in _items(model, dict).items()}
+            return _model_output(model.get("class"), items)
+        if kind == "omitted":
+            return Omitted(str(model.get("what", "a saved value")))
+        return _decode_simple(model)
+
+
+def _items(model: dict[str, Any], kind: type) -> Any:
+    items = model.get("items")
+    if not isinstance(items, kind):
+        raise WireFormatError(f"the results describe a {model.get('kind')} without its items")
+    return items
+
+
+def _model_output(name: Any, items: dict[str, Any]) -> Any:
+    """The transformers ModelOutput class `name` holding `items`, or a plain dict."""
+    if not isinstance(name, str) or not name.isidentifier():
+        return items
+    from transformers import modeling_outputs
+    from transformers.utils import ModelOutput
+
+    kind = getattr(modeling_outputs, name, None)
+    if not (isinstance(kind, type) and issubclass(kind, ModelOutput)):
+        return items
+    try:
+        return kind(**items)
+    except TypeError:  # fields of another transformers version
+        return items
+
+
+def _decode_simple(model: dict[str, Any]) -> Any:
+    import base64
+
+    import torch
+
+    kind = model.get("kind")
+    try:
+        match kind:
+            case "none":
+                return None
+            case "ellipsis":
+                return Ellipsis
+            case "bool" | "int" | "str" if type(model["value"]).__name__ == kind:
+                return model["value"]
+            case "float":
+                return _decode_number(model["value"])
+            case "complex":
+                return complex(_decode_number(model["real"]), _decode_number(model["imag"]))
+            case "bytes":
+                return base64.b64decode(model["base64"], validate=True)
+            case "size":
+                return torch.Size(int(d) for d in model["dims"])
+            case "dtype":
+                return _dtypes()[model["name"]]
+            case "device":
+                return torch.device(str(model["name"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise WireFormatError(f"the results hold a malformed {kind} value: {e}") from e
+    raise WireFormatError(f"the results hold a value of unknown kind {kind!r}")
