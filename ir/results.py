@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from .errors import UnsavedValueError, WireFormatError
+from .functions import UNSET
 from .limits import LOCAL, Limits
 from .wire import (
     _LENGTH_BYTES,
@@ -123,6 +124,15 @@ class _Encoder:
         if type(value) is dict and all(type(k) is str for k in value):
             items = {k: self.value(v, f"{where}[{k!r}]", depth + 1) for k, v in value.items()}
             return {"kind": "dict", "items": items}
+        if type(value) is dict:  # other keys (a cache's (path, kind) pairs): as pairs
+            pairs = [
+                [
+                    self.value(k, f"{where} key", depth + 1),
+                    self.value(v, f"{where}[{k!r}]", depth + 1),
+                ]
+                for k, v in value.items()
+            ]
+            return {"kind": "mapping", "items": pairs}
         primitive = _encode_primitive(value)
         if primitive is not None:
             return primitive
@@ -158,6 +168,12 @@ class _Decoder:
             return tuple(items) if kind == "tuple" else items
         if kind == "dict":
             return {k: self.value(v, depth + 1) for k, v in _items(model, dict).items()}
+        if kind == "mapping":
+            pairs = _items(model, list)
+            try:
+                return {self.value(k, depth + 1): self.value(v, depth + 1) for k, v in pairs}
+            except (TypeError, ValueError) as e:  # a list key, or not a pair
+                raise WireFormatError(f"the results hold a malformed mapping: {e}") from e
         if kind == "output":
             items = {k: self.value(v, depth + 1) for k, v in _items(model, dict).items()}
             return _model_output(model.get("class"), items)
@@ -201,6 +217,8 @@ def _decode_simple(model: dict[str, Any]) -> Any:
                 return None
             case "ellipsis":
                 return Ellipsis
+            case "unset":
+                return UNSET  # a name an untaken `if` branch left unassigned
             case "bool" | "int" | "str" if type(model["value"]).__name__ == kind:
                 return model["value"]
             case "float":

@@ -402,7 +402,6 @@ class _Decoder:
         self.model = model
         self.tensors = tensors
         self.limits = limits
-        self.last_id = -1
         self.constant_count = len(model.constants)
         self.ids: set[int] = set()
 
@@ -422,12 +421,11 @@ class _Decoder:
         where = f"node %{model.id}"
         if model.id in self.ids:
             raise WireFormatError(f"{where} appears twice")
-        if model.id <= self.last_id or model.id >= self.limits.nodes:
+        if model.id >= self.limits.nodes:  # ids index shared tables: bound them
             raise WireFormatError(
-                f"{where}: node ids must increase through the graph and stay below "
-                f"{self.limits.nodes} (the previous id was %{self.last_id})"
+                f"{where}: node ids must stay below {self.limits.nodes}, the limit of nodes "
+                "per graph"
             )
-        self.last_id = model.id
         if len(model.target) > self.limits.target_chars:
             raise WireFormatError(
                 f"{where}: its target is {len(model.target)} characters, more than the limit "

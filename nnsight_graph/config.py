@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 
@@ -10,6 +11,12 @@ class AppConfig:
     """Behaviour of traces on this machine."""
 
     DEBUG: bool = True  # errors in intervention code show the source line and graph node
+    # "local": every trace and generate() takes the whole remote path in this process (as
+    # `remote="local"` does), so that a test run proves everything serializes; set from the
+    # environment variable NNSIGHT_GRAPH_FORCE_REMOTE
+    FORCE_REMOTE: str | None = field(
+        default_factory=lambda: os.environ.get("NNSIGHT_GRAPH_FORCE_REMOTE") or None
+    )
 
 
 @dataclass

@@ -303,11 +303,16 @@ class LanguageModel(NNsight):
         return [(list(r), [1 if m else 0 for m in k]) for r, k in zip(value, masks, strict=True)]
 
     def _execute(
-        self, graph: Graph, total_rows: int, key: Any = None, limits: Limits = LOCAL
+        self,
+        graph: Graph,
+        total_rows: int,
+        key: Any = None,
+        limits: Limits = LOCAL,
+        edits: bool = True,
     ) -> dict[int, Any]:
         if graph.method != "scan":
             self.dispatch()
-        return super()._execute(graph, total_rows, key, limits)
+        return super()._execute(graph, total_rows, key, limits, edits)
 
     def _call(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]

@@ -18,7 +18,7 @@ from .config import CONFIG
 from .editing import with_edits
 from .envoy import Envoy
 from .ir import BatchError, Const, Graph, Invoke, NNsightError, Node, Op, map_args
-from .ir.limits import LOCAL, Limits
+from .ir.limits import LOCAL, SERVER, Limits
 from .passes import ModelFacts, run_passes
 from .passes.trust import check_untrusted
 from .session import Session
@@ -215,7 +215,12 @@ class NNsight(Envoy):
         return self._execute(graph, rows, None, limits)
 
     def _execute(
-        self, graph: Graph, total_rows: int, key: Any = None, limits: Limits = LOCAL
+        self,
+        graph: Graph,
+        total_rows: int,
+        key: Any = None,
+        limits: Limits = LOCAL,
+        edits: bool = True,
     ) -> dict[int, Any]:
         """Validate and optimize the graph, then run the model with it; return saved values.
 
@@ -223,7 +228,7 @@ class NNsight(Envoy):
         carry their lines already) gets a note naming the module that failed and the inputs.
         """
         try:
-            return self._execute_graph(graph, total_rows, key, limits)
+            return self._execute_graph(graph, total_rows, key, limits, edits)
         except Exception as error:
             if not isinstance(error, NNsightError):
                 failures.note_model_error(error, self._module, graph, key, self._input_hint())
@@ -236,14 +241,27 @@ class NNsight(Envoy):
             f"{type(self._module).__name__}.forward takes"
         )
 
+    def _execute_remote_local(self, graph: Graph, total_rows: int) -> dict[int, Any]:
+        """The whole remote path in this process (`remote="local"`): the graph, with this
+        model's edits, is serialized, read back as a server reads it (untrusted, with the
+        server's limits), run, and its saved values return through the results format."""
+        from .ir.results import dumps_results, loads_results
+        from .ir.wire import dumps, loads
+
+        if self._edits:
+            graph = with_edits(self._edits, graph)
+        received = loads(dumps(graph), limits=SERVER)
+        saved = self._execute(received, total_rows, None, SERVER, edits=False)
+        return loads_results(dumps_results(saved))
+
     def _execute_graph(
-        self, graph: Graph, total_rows: int, key: Any, limits: Limits
+        self, graph: Graph, total_rows: int, key: Any, limits: Limits, edits: bool
     ) -> dict[int, Any]:
         guard = None
         if not graph.trusted:  # not recorded here: refuse before anything of it runs
             check_untrusted(graph, self._site_paths(), limits)
             guard = Guard(limits)
-        if self._edits:
+        if edits and self._edits:
             graph = with_edits(self._edits, graph)
         plan = self._plan(graph, key)
         args, kwargs = self._batched_inputs(graph)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import capture, conditions, frames, saving, session, transform
 from .cache import CacheView, cache_kinds, cache_options, cache_paths, new_cache
+from .config import CONFIG
 from .extras import Barrier
 from .ir import Graph, GraphBuildError, InvokeError, NNsightError, Op
 from .proxy import Proxy
@@ -60,13 +61,12 @@ class Tracer(capture.CapturedBlock):
         self.method = method
         self.args = args
         self.run = True  # run=False: record and validate, no compute
+        self.remote = CONFIG.APP.FORCE_REMOTE if method in _REMOTE_METHODS else None
         if kwargs:
             self.run = kwargs.pop("run", True)
-            if kwargs.pop("remote", False):
-                raise NNsightError(
-                    "remote=True needs the nnsight_graph server, which this version does not "
-                    "have yet; run the trace locally (leave out remote=True)"
-                )
+            remote = kwargs.pop("remote", False)
+            if remote:
+                self.remote = _remote_mode(remote, method)
             self.kwargs, self.call_kwargs = model._split_kwargs(method, kwargs)
         else:  # no keywords: nothing to split into inputs and options
             self.kwargs, self.call_kwargs = kwargs, {}
@@ -316,6 +316,8 @@ class Tracer(capture.CapturedBlock):
         elif graph.invokes and not self.run:
             self.model._plan(graph, key)  # validation raises here; the model does not run
             saved = {}
+        elif graph.invokes and self.remote == "local":
+            saved = self.model._execute_remote_local(graph, recorder.total_rows)
         elif graph.invokes:
             saved = self.model._execute(graph, recorder.total_rows, key)
         else:
@@ -343,6 +345,25 @@ class ResultProxy(Proxy):
         if not args and not kwargs:
             return self
         return super().__call__(*args, **kwargs)
+
+
+_REMOTE_METHODS = frozenset({"trace", "generate"})
+
+
+def _remote_mode(remote: Any, method: str) -> str:
+    """What `remote=` asks for: "local" runs the whole remote path in this process."""
+    if remote == "local":
+        if method not in _REMOTE_METHODS:
+            raise NNsightError(
+                f"{method}() runs on this machine only (a scan needs no weights; an edit "
+                "changes this process's model): leave out remote="
+            )
+        return "local"
+    raise NNsightError(
+        f"remote={remote!r} needs the nnsight_graph server, which this version does not have "
+        'yet; run the trace locally (leave out remote=), or use remote="local" to take the '
+        "whole remote path (serialize, check, run, send the results back) in this process"
+    )
 
 
 def _deliver(recorder: Recorder, saved: dict[int, Any]) -> None:

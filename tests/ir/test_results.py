@@ -16,6 +16,7 @@ def test_every_kind_of_saved_value_comes_back_equal():
         1: (1, 2.5, float("inf"), "text", None, True, b"\x00\x01", 1 + 2j),
         2: [torch.zeros(1), {"a": torch.tensor([1, 2]), "b": [3, 4]}],
         3: torch.Size([2, 3]),
+        8: {("layer1", "output"): [torch.ones(1)], (1, 2): "pair"},
         4: torch.float16,
         5: torch.device("cpu"),
         6: big[:2],  # a view: sent as its own two rows
@@ -30,6 +31,8 @@ def test_every_kind_of_saved_value_comes_back_equal():
     assert back[3] == torch.Size([2, 3]) and back[4] is torch.float16
     assert back[5] == torch.device("cpu")
     assert torch.equal(back[6], big[:2]) and torch.equal(back[7], big.t())
+    assert torch.equal(back[8][("layer1", "output")][0], torch.ones(1))
+    assert back[8][(1, 2)] == "pair"
 
 
 def test_a_view_sends_only_its_own_elements():

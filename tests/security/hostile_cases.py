@@ -115,7 +115,7 @@ def _cases() -> list[Case]:
         Case(
             "node id near 10**9",
             lambda ctx: header_edited(dumps(ctx.graph), lambda h: _set_last_id(h, 10**9)),
-            WIRE + "node ids must increase",
+            WIRE + "node ids must stay below",
         ),
         Case(
             "a million nodes",
