@@ -14,6 +14,7 @@ from typing import Any, Final
 from ..ir import Graph, Node, Op
 from ..ir.limits import LOCAL, Limits
 from ..ir.registry import METHODS, RegistryError, check_function
+from .verify import verify
 
 _METHOD_NAMES: Final = frozenset().union(*METHODS.values())
 _SITE_ENDS: Final = ("output", "input", "inputs", "skip")
@@ -57,7 +58,12 @@ no `trust_remote_code`, `custom_generate`, `streamer`, callables)."""
 def check_untrusted(graph: Graph, module_paths: Collection[str], limits: Limits = LOCAL) -> None:
     """Raise RegistryError, naming the node, unless the graph only uses what the registry
     allows and only the modules in `module_paths` (the model's `named_modules()` names), and
-    asks generate() for at most `limits.max_new_tokens` tokens."""
+    asks generate() for at most `limits.max_new_tokens` tokens.
+
+    First `verify` refuses (ValidationError) a graph whose structure the executor cannot run:
+    a loaded graph may hold any node the schema can express.
+    """
+    verify(graph)
     for node in graph.nodes:
         _check_node(node, module_paths)
     allowed = OPTIONS.get(graph.method)
