@@ -60,10 +60,9 @@ def check_untrusted(graph: Graph, module_paths: Collection[str], limits: Limits 
     allows and only the modules in `module_paths` (the model's `named_modules()` names), and
     asks generate() for at most `limits.max_new_tokens` tokens.
 
-    First `verify` refuses (ValidationError) a graph whose structure the executor cannot run:
+    Then `verify` refuses (ValidationError) a graph whose structure the executor cannot run:
     a loaded graph may hold any node the schema can express.
     """
-    verify(graph)
     for node in graph.nodes:
         _check_node(node, module_paths)
     allowed = OPTIONS.get(graph.method)
@@ -89,6 +88,7 @@ def check_untrusted(graph: Graph, module_paths: Collection[str], limits: Limits 
                     f"{key}={value} asks for more than the {limits.max_new_tokens} tokens a "
                     "run may generate"
                 )
+    verify(graph)
 
 
 def _check_node(node: Node, module_paths: Collection[str]) -> None:
@@ -104,8 +104,10 @@ def _check_node(node: Node, module_paths: Collection[str]) -> None:
         elif op in (Op.READ, Op.WRITE, Op.SKIP) and node.target not in ("grad", "result"):
             _check_site(node.target, module_paths)
         elif op is Op.CACHE:
-            for path in node.kwargs.get("paths", ()):
-                _check_path(path, module_paths)
+            paths = node.kwargs.get("paths", ())
+            for path in paths if isinstance(paths, (tuple, list)) else ():
+                if type(path) is str:  # any other shape is verify's to refuse
+                    _check_path(path, module_paths)
     except RegistryError as error:
         where = f" at {node.loc}" if node.loc else ""
         error.add_note(f"  graph node{where}: {node}")
