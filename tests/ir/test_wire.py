@@ -1,5 +1,6 @@
 """The wire format: exact round trips of recorded and random graphs, and refusal of bad bytes."""
 
+import functools
 import json
 import math
 import random
@@ -617,10 +618,15 @@ def test_random_json_headers_are_refused_or_run(value):
         graph = loads(_close(header, EMPTY_TENSORS))
     except WireFormatError:
         return
-    assert _outcome(graph, None, _NET) == "refused by verify"  # a read of no module
+    assert _outcome(graph, None, _net()) == "refused by verify"  # a read of no module
 
 
-_NET = _model()
+@functools.cache
+def _net() -> NNsight:
+    """One walkthrough net for the fuzz tests (made on first use, not at import)."""
+    return _model()
+
+
 _INPUT_TENSORS = save_tensors({"c0": torch.rand(1, 5, generator=torch.Generator().manual_seed(0))})
 _TARGETS = {
     "read": ["layer1.output", "layer2.output", "layer1.input", "layer2.inputs", "result", "grad"],
@@ -704,7 +710,7 @@ def test_random_graph_headers_are_refused_or_run():
         except WireFormatError:
             outcome = "refused"
         else:
-            outcome = _outcome(graph, None, _NET)
+            outcome = _outcome(graph, None, _net())
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     assert {"refused by verify", "ran", "own error", "RegistryError"} <= set(outcomes), outcomes
     assert outcomes["ran"] >= 20, outcomes
@@ -726,7 +732,7 @@ def _run_header(*nodes: dict, rows: int = 1) -> dict:
         "constants": [{"kind": "tensor", "name": "c0"}, {"kind": "int", "value": 1}],
         "invokes": [{"index": 0, "args": [{"kind": "const", "index": 0}], "stop": rows}],
     }
-    return _NET.run(loads(_close(header, save_tensors({"c0": torch.rand(rows, 5)}))))
+    return _net().run(loads(_close(header, save_tensors({"c0": torch.rand(rows, 5)}))))
 
 
 REF0 = {"kind": "ref", "id": 0}
