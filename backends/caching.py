@@ -33,14 +33,13 @@ class CacheSpec:
         if node.invoke >= 0:  # outside every invoke (and in a prompt-less one): the whole batch
             invoke = graph.invokes[node.invoke]
             start, stop = invoke.start, invoke.stop
-        device = kwargs.get("device")
         return cls(
             node.id,
             tuple(kwargs["paths"]),
             tuple(kwargs["kinds"]),
             start,
             stop,
-            torch.device(device) if device is not None else None,
+            _device(node, kwargs.get("device")),
             _dtype(node, kwargs.get("dtype")),
             bool(kwargs.get("detach", True)),
         )
@@ -61,6 +60,16 @@ class CacheSpec:
             dtype = self.dtype if self.dtype is not None and tensor.is_floating_point() else None
             tensor = tensor.to(device=self.device, dtype=dtype)
         return tensor
+
+
+def _device(node: Node, name: Any) -> torch.device | None:
+    """The device a CACHE node names ("cuda:0"); a bad name is the graph's error, not torch's."""
+    if name is None:
+        return None
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValidationError(f"{node} names {name!r} as its device, which is not one") from error
 
 
 def _dtype(node: Node, name: Any) -> torch.dtype | None:

@@ -30,6 +30,15 @@ class GradientSteps:
             kwargs = self.value(node.kwargs) if node.kwargs else {}
         except Missing as missing:
             raise with_location(self.missing(missing.ref), node, self.debug) from None
+        if not isinstance(loss, torch.Tensor):
+            raise with_location(
+                ExecutionError(
+                    f".backward() was called on a {type(loss).__name__}, not a tensor: call "
+                    "it on a tensor value such as a loss computed from a module's output"
+                ),
+                node,
+                self.debug,
+            )
         handles = []
         try:
             for tensor_id, site in self.plan.grads.get(node.id, {}).items():

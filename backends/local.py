@@ -184,7 +184,11 @@ class Run(GradientSteps):
     def guard_holds(self, node: Node) -> bool:
         """Whether the condition of the `if proxy:` branch holding this node is true."""
         value = self.env.get(node.guard.id, SKIPPED)  # type: ignore[union-attr]
-        return value is not SKIPPED and bool(value)
+        try:
+            return value is not SKIPPED and bool(value)
+        except Exception as error:  # a loaded graph may guard on any value (a 2-row tensor)
+            with_location(error, node, self.debug)
+            raise
 
     def check_wait_can_end(self, cursor: Cursor) -> None:
         """Raise when a cursor waits for another invoke's value at a hook it cannot miss.

@@ -15,6 +15,7 @@ from ..ir import Graph, Node, Op
 from ..ir.limits import LOCAL, Limits
 from ..ir.registry import METHODS, RegistryError, check_function
 from ..ir.sites import VALUE_KINDS, site_of
+from .verify import verify
 
 _METHOD_NAMES: Final = frozenset().union(*METHODS.values())
 
@@ -57,7 +58,11 @@ no `trust_remote_code`, `custom_generate`, `streamer`, callables)."""
 def check_untrusted(graph: Graph, module_paths: Collection[str], limits: Limits = LOCAL) -> None:
     """Raise RegistryError, naming the node, unless the graph only uses what the registry
     allows and only the modules in `module_paths` (the model's `named_modules()` names), and
-    asks generate() for at most `limits.max_new_tokens` tokens."""
+    asks generate() for at most `limits.max_new_tokens` tokens.
+
+    Then `verify` refuses (ValidationError) a graph whose structure the executor cannot run:
+    a loaded graph may hold any node the schema can express.
+    """
     for node in graph.nodes:
         _check_node(node, module_paths)
     allowed = OPTIONS.get(graph.method)
@@ -83,6 +88,7 @@ def check_untrusted(graph: Graph, module_paths: Collection[str], limits: Limits 
                     f"{key}={value} asks for more than the {limits.max_new_tokens} tokens a "
                     "run may generate"
                 )
+    verify(graph)
 
 
 def _check_node(node: Node, module_paths: Collection[str]) -> None:
@@ -100,8 +106,10 @@ def _check_node(node: Node, module_paths: Collection[str]) -> None:
         elif op is Op.CALL_MODULE:
             _check_path(node.target, module_paths)
         elif op is Op.CACHE:
-            for path in node.kwargs.get("paths", ()):
-                _check_path(path, module_paths)
+            paths = node.kwargs.get("paths", ())
+            for path in paths if isinstance(paths, (tuple, list)) else ():
+                if type(path) is str:  # any other shape is verify's to refuse
+                    _check_path(path, module_paths)
     except RegistryError as error:
         where = f" at {node.loc}" if node.loc else ""
         error.add_note(f"  graph node{where}: {node}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..ir import HOOKED, Const, Graph, Node, Op, Ref, ValidationError
 
 SITE_KINDS = {
@@ -17,7 +19,8 @@ def verify(graph: Graph) -> None:
 
     Node ids are unique; every Ref and guard refers to a node earlier in the list; constant
     indices are inside the table; invoke indices name an invoke (or -1, outside all); saves
-    name a node; hooked nodes have targets the executor can parse.
+    name a node; hooked nodes have targets the executor can parse; every op's arguments have
+    the shape its executor case reads (`PAYLOAD`), and a Ref names a node that has a value.
     """
     for invoke in graph.invokes:
         for index in _const_indices((invoke.args, invoke.kwargs)):
@@ -27,6 +30,7 @@ def verify(graph: Graph) -> None:
                     f"{len(graph.constants)} constant(s)"
                 )
     seen: set[int] = set()
+    valueless: dict[int, Op] = {}  # ids of nodes whose op makes no value, by op
     for position, node in enumerate(graph.nodes):
         where = _Where(position, node)  # formats the node only when an error is reported
         if not isinstance(node.op, Op):
@@ -38,6 +42,11 @@ def verify(graph: Graph) -> None:
                 what = "an earlier node" if input.id != node.id else "another node"
                 raise ValidationError(
                     f"{where} refers to %{input.id}, which is not {what} in the graph"
+                )
+            if input.id in valueless and not _names_its_backward(node, input):
+                raise ValidationError(
+                    f"{where} uses the value of %{input.id}, but a {valueless[input.id].value} "
+                    "node has no value"
                 )
         for index in _const_indices((node.args, node.kwargs)):
             if not 0 <= index < len(graph.constants):
@@ -56,7 +65,13 @@ def verify(graph: Graph) -> None:
             problem = _target_problem(node)
             if problem:
                 raise ValidationError(f"{where} {problem}")
+        check = PAYLOAD.get(node.op)
+        problem = check(node) if check is not None else ""
+        if problem:
+            raise ValidationError(f"{where} {problem}")
         seen.add(node.id)
+        if node.op not in VALUED:
+            valueless[node.id] = node.op
 
 
 class _Where:
@@ -93,6 +108,90 @@ def _target_problem(node: Node) -> str:
     if node.op is not Op.READ and not node.args:
         return "has no value to put at its hook site"
     return ""
+
+
+VALUED = frozenset({Op.READ, Op.CALL, Op.METHOD, Op.GETATTR, Op.GETITEM, Op.CALL_MODULE})
+"""Ops whose node has a value that other nodes may use; a BACKWARD is named only by the
+gradient sites of its backward pass (args[1] of a `grad` READ or WRITE)."""
+
+
+def _names_its_backward(node: Node, ref: Ref) -> bool:
+    return node.target == "grad" and len(node.args) > 1 and node.args[1] == ref
+
+
+def _arguments(count: int, *, kwargs: bool = False) -> Callable[[Node], str]:
+    """A check that the node has exactly `count` arguments (and keywords only if `kwargs`)."""
+
+    def check(node: Node) -> str:
+        if len(node.args) != count:
+            return f"has {len(node.args)} argument(s), but a {node.op.value} node takes {count}"
+        if node.kwargs and not kwargs:
+            return f"has keyword arguments, but a {node.op.value} node takes none"
+        return ""
+
+    return check
+
+
+def _method_problem(node: Node) -> str:
+    return "" if node.args else "calls a method on nothing: args[0] must be the value it is on"
+
+
+_PRINT_KEYWORDS = frozenset({"sep", "end", "flush"})
+
+
+def _log_problem(node: Node) -> str:
+    unknown = sorted(set(node.kwargs) - _PRINT_KEYWORDS)
+    if unknown:
+        return f"passes print() the keywords {unknown}; a log node takes only sep, end, flush"
+    return ""
+
+
+def _backward_problem(node: Node) -> str:
+    if not (node.args and type(node.args[0]) is Ref):
+        return "has no loss: its first argument must be the node whose .backward() it runs"
+    return ""
+
+
+def _barrier_problem(node: Node) -> str:
+    if len(node.args) != 1 or type(node.args[0]) is not int or node.args[0] < 1:
+        return "must have one argument: how many invokes (at least 1) it waits for"
+    return ""
+
+
+_CACHE_KINDS = frozenset({"output", "input"})
+
+
+def _cache_problem(node: Node) -> str:
+    kwargs = node.kwargs
+    paths, kinds = kwargs.get("paths"), kwargs.get("kinds")
+    if node.args or not _strings(paths) or not _strings(kinds) or not set(kinds) <= _CACHE_KINDS:
+        return (
+            "must have no arguments, paths= a list of module paths and kinds= a list of "
+            '"output" and "input"'
+        )
+    for key in ("device", "dtype"):
+        if not (kwargs.get(key) is None or type(kwargs[key]) is str):
+            return f"has {key}={kwargs[key]!r}; a cache names its {key} by a str, or None"
+    return ""
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, (tuple, list)) and all(type(v) is str for v in value)
+
+
+PAYLOAD: dict[Op, Callable[[Node], str]] = {
+    Op.METHOD: _method_problem,
+    Op.GETATTR: _arguments(1),
+    Op.GETITEM: _arguments(2),
+    Op.SETITEM: _arguments(3),
+    Op.LOG: _log_problem,
+    Op.BACKWARD: _backward_problem,
+    Op.STOP: _arguments(0),
+    Op.BARRIER: _barrier_problem,
+    Op.CACHE: _cache_problem,
+}
+"""Op -> why its arguments do not have the shape the executor reads ("" when they do). READ,
+WRITE and SKIP are checked as hook sites; SAVE above; a CALL's arguments are its function's."""
 
 
 def _const_indices(value: object) -> list[int]:

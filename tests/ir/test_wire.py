@@ -1,5 +1,6 @@
 """The wire format: exact round trips of recorded and random graphs, and refusal of bad bytes."""
 
+import functools
 import json
 import math
 import random
@@ -15,9 +16,22 @@ from hypothesis import strategies as st
 from safetensors.torch import save as save_tensors
 
 from nnsight_graph import NNsight
-from nnsight_graph.ir import Const, Graph, Invoke, Node, Op, Ref, SourceLoc, WireFormatError
+from nnsight_graph.ir import (
+    Const,
+    ExecutionError,
+    Graph,
+    Invoke,
+    NNsightError,
+    Node,
+    Op,
+    Ref,
+    SourceLoc,
+    ValidationError,
+    WireFormatError,
+)
 from nnsight_graph.ir.functions import UNSET
 from nnsight_graph.ir.wire import MAGIC, SCHEMA_VERSION, dumps, json_schema, loads
+from nnsight_graph.passes import verify
 
 EMPTY_TENSORS = save_tensors({})
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -488,10 +502,60 @@ def test_every_truncation_is_refused():
             loads(payload[:length])
 
 
+# what an accepted payload holds ---------------------------------------------------------------
+
+OWN_ERRORS = (IndexError, TypeError, RuntimeError, ValueError, ZeroDivisionError, OverflowError)
+"""The errors a node's own operation raises on values it cannot take (torch's shape and dtype
+errors, Python's on a wrong argument); when one reaches the caller it must carry the note
+with the node's line that the executor adds (`_nnsight_located`)."""
+
+
+def _outcome(graph: Graph, original: Graph | None, model: NNsight) -> str:
+    """What became of a graph that `loads` accepted; fails the test on anything else.
+
+    Acceptable: the same graph as `original` (a flip zstd or JSON does not see: the printed
+    graph, the constants, invokes and method are equal); a graph `verify` refuses
+    (ValidationError: it never runs); a graph that runs on the walkthrough net; or a run that
+    ends in one of our errors (NNsightError: RegistryError, ValidationError, ExecutionError,
+    LimitError, ... each names what is wrong) or in the node's own error (OWN_ERRORS, located
+    at the node's line: the intervention asked torch or Python for something impossible).
+    Anything else (a KeyError, AttributeError or AssertionError, or an own-error type without
+    the node's line) is our executor tripping over a graph it accepted, and fails.
+    """
+    if (
+        original is not None
+        and str(graph) == str(original)
+        and _same(original.constants, graph.constants)
+        and _same(original.invokes, graph.invokes)
+        and graph.method == original.method
+    ):
+        return "same"  # (a flip in tensor data, which has no checksum, changes a constant)
+    try:
+        verify(graph)
+    except ValidationError:
+        return "refused by verify"
+    try:
+        saved = model.run(graph)
+    except NNsightError as error:
+        return type(error).__name__
+    except OWN_ERRORS as error:
+        if not getattr(error, "_nnsight_located", False):
+            raise AssertionError(
+                f"{type(error).__name__} without the node's line:\n{graph}"
+            ) from error
+        return "own error"
+    except Exception as error:
+        raise AssertionError(f"the run of an accepted graph crashed:\n{graph}") from error
+    saves = {node.args[0].id for node in graph.nodes if node.op is Op.SAVE}
+    assert set(saved) <= saves, "a value nothing saved came back"
+    return "ran"
+
+
 def test_bit_flips_are_refused_or_change_nothing():
     """zstd's checksum catches flips; a flip in bits zstd ignores must give the same graph."""
-    payload = _payload()
-    expected = str(loads(payload))
+    model = _model()
+    original = _branches_and_constants(model)
+    payload = dumps(original)
     accepted = 0
     start = time.perf_counter()
     for bit in range(len(payload) * 8):
@@ -502,25 +566,37 @@ def test_bit_flips_are_refused_or_change_nothing():
         except WireFormatError:
             continue
         accepted += 1
-        assert str(graph) == expected, bit
+        assert str(graph) == str(original), bit
+        assert _same(original.constants, graph.constants), bit
     assert accepted < len(payload)  # nearly every flip is caught
     assert time.perf_counter() - start < 20
 
 
-def test_bit_flips_inside_the_container_are_refused_or_load():
-    """Flips behind zstd's checksum reach the JSON, schema and safetensors checks."""
-    header, blob = _open(_payload())
+def test_bit_flips_inside_the_container_are_refused_or_run():
+    """Flips behind zstd's checksum reach the JSON, schema and safetensors checks; what they
+    let through is the same graph, or one that verify refuses, or one that runs (see
+    _outcome)."""
+    model = _model()
+    original = _branches_and_constants(model)
+    header, blob = _open(dumps(original))
     text = json.dumps(header).encode()
     container = MAGIC + len(text).to_bytes(8, "little") + text + blob
     compress = zstandard.ZstdCompressor(level=1).compress
     rng = random.Random(0)
-    for bit in rng.sample(range(len(container) * 8), 1500):
+    outcomes: dict[str, int] = {}
+    for bit in rng.sample(range(len(container) * 8), 800):
         flipped = bytearray(container)
         flipped[bit // 8] ^= 1 << (bit % 8)
         try:
-            loads(compress(bytes(flipped)))
+            graph = loads(compress(bytes(flipped)))
         except WireFormatError:
-            pass
+            outcome = "refused"
+        else:
+            outcome = _outcome(graph, original, model)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    # the seeded sample reaches every stage: refusal, no change, changed graphs that run, and
+    # changed ones the registry refuses (a flipped function or module name)
+    assert {"refused", "same", "ran", "RegistryError"} <= set(outcomes), outcomes
 
 
 @FUZZ
@@ -531,15 +607,185 @@ def test_random_bytes_are_refused(data):
             loads(candidate)
 
 
-@FUZZ
+@settings(FUZZ, derandomize=True)
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
                     lambda inner: st.lists(inner, max_size=3)
                     | st.dictionaries(st.sampled_from(["kind", "id", "nodes", "args", "op",
                                                        "index", "items", "value"]), inner),
                     max_leaves=20))  # fmt: skip
-def test_random_json_headers_are_refused(value):
+def test_random_json_headers_are_refused_or_run(value):
     header = {"schema_version": 1, "nodes": [{"id": 0, "op": "read", "args": [value]}]}
     try:
-        loads(_close(header, EMPTY_TENSORS))
+        graph = loads(_close(header, EMPTY_TENSORS))
     except WireFormatError:
-        pass
+        return
+    assert _outcome(graph, None, _net()) == "refused by verify"  # a read of no module
+
+
+@functools.cache
+def _net() -> NNsight:
+    """One walkthrough net for the fuzz tests (made on first use, not at import)."""
+    return _model()
+
+
+_INPUT_TENSORS = save_tensors({"c0": torch.rand(1, 5, generator=torch.Generator().manual_seed(0))})
+_TARGETS = {
+    "read": ["layer1.output", "layer2.output", "layer1.input", "layer2.inputs", "result", "grad"],
+    "write": ["layer1.output", "layer2.input", "layer1.inputs", "grad", "layer2.output"],
+    "skip": ["layer1.skip", "layer2.skip"],
+    "call": ["torch.add", "operator.mul", "operator.getitem", "torch.softmax", "builtins.len",
+             "torch.zeros", "builtins.bool", "torch.cat", "os.system"],
+    "method": ["clone", "sum", "append", "size", "to", "keys", "requires_grad_", "_foo"],
+    "getattr": ["shape", "T", "dtype", "weight", "_x"],
+    "barrier": ["b0"],
+}  # fmt: skip
+
+
+class _Headers:
+    """Random headers of plausible graphs for the walkthrough net: real module sites,
+    registry and non-registry names, Refs to earlier nodes of every op, guards, invokes."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def arg(self, ids: list[int], depth: int = 0) -> dict:
+        rng, r = self.rng, self.rng.random()
+        if ids and r < 0.45:
+            return {"kind": "ref", "id": rng.choice(ids)}
+        if r < 0.55:
+            return {"kind": "const", "index": rng.randrange(2)}
+        if r < 0.7:
+            return {"kind": "int", "value": rng.choice([0, 1, -1, 2, 10**6])}
+        if r < 0.75:
+            return {"kind": rng.choice(["none", "ellipsis", "unset"])}
+        if r < 0.8:
+            return {"kind": "str", "value": rng.choice(["a", "layer1", "dim"])}
+        if r < 0.85 and depth < 2:
+            start, stop = self.arg(ids, depth + 1), self.arg([], depth + 1)
+            return {"kind": "slice", "start": start, "stop": stop, "step": {"kind": "none"}}
+        if r < 0.93 and depth < 2:
+            items = [self.arg(ids, depth + 1) for _ in range(rng.randrange(3))]
+            return {"kind": rng.choice(["tuple", "list"]), "items": items}
+        return {"kind": "float", "value": rng.choice([0.5, "nan", "inf"])}
+
+    def node(self, id: int, ids: list[int]) -> dict:
+        rng = self.rng
+        op = rng.choice([*_TARGETS, "getitem", "setitem", "save", "log", "backward", "stop"])
+        args = [self.arg(ids) for _ in range(rng.randrange(4))]
+        if op == "barrier":
+            args = [{"kind": "int", "value": rng.choice([1, 2])}]
+        node = {"id": id, "op": op, "args": args, "loc": {"file": "fuzz.py", "line": id + 1}}
+        node["target"] = rng.choice(_TARGETS.get(op, [""]))
+        if rng.random() < 0.2:
+            node["kwargs"] = {rng.choice(["dim", "alpha", "sep"]): self.arg(ids)}
+        if rng.random() < 0.15:
+            node["invoke"] = rng.choice([-1, 1])
+        if ids and rng.random() < 0.1:
+            node["guard"] = rng.choice(ids)
+        return node
+
+    def header(self) -> dict:
+        rng = self.rng
+        nodes = [self.node(id, list(range(id))) for id in range(rng.randrange(1, 6))]
+        row = {"kind": "const", "index": 0}
+        invokes = [{"index": 0, "args": [row], "start": 0, "stop": 1}]
+        if rng.random() < 0.3:
+            invokes.append({"index": 1, "args": [row], "start": 1, "stop": 2})
+        return {
+            "schema_version": 1,
+            "nodes": nodes,
+            "constants": [{"kind": "tensor", "name": "c0"}, {"kind": "int", "value": 1}],
+            "invokes": invokes,
+            "method": rng.choice(["trace", "trace", "trace", "scan"]),
+        }
+
+
+def test_random_graph_headers_are_refused_or_run():
+    """Random graphs for the walkthrough net, loaded from their headers (seeded): each is
+    refused by loads, by verify, by the registry, or runs to its saves or its own error."""
+    headers = _Headers(seed=0)
+    outcomes: dict[str, int] = {}
+    for _ in range(1000):
+        try:
+            graph = loads(_close(headers.header(), _INPUT_TENSORS))
+        except WireFormatError:
+            outcome = "refused"
+        else:
+            outcome = _outcome(graph, None, _net())
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert {"refused by verify", "ran", "own error", "RegistryError"} <= set(outcomes), outcomes
+    assert outcomes["ran"] >= 20, outcomes
+
+
+# what the fuzzing found: loaded graphs the executor tripped over -------------------------------
+
+
+def _node(id: int, op: str, target: str = "", *args: dict, **kwargs: dict) -> dict:
+    loc = {"file": "fuzz.py", "line": id + 1, "text": f"line {id + 1}"}
+    return {"id": id, "op": op, "target": target, "args": list(args), "kwargs": kwargs, "loc": loc}
+
+
+def _run_header(*nodes: dict, rows: int = 1) -> dict:
+    """Run a graph of these nodes on the walkthrough net (input: $c0, `rows` random rows)."""
+    header = {
+        "schema_version": 1,
+        "nodes": list(nodes),
+        "constants": [{"kind": "tensor", "name": "c0"}, {"kind": "int", "value": 1}],
+        "invokes": [{"index": 0, "args": [{"kind": "const", "index": 0}], "stop": rows}],
+    }
+    return _net().run(loads(_close(header, save_tensors({"c0": torch.rand(rows, 5)}))))
+
+
+REF0 = {"kind": "ref", "id": 0}
+C1 = {"kind": "const", "index": 1}
+READ = _node(0, "read", "layer1.output")
+
+
+@pytest.mark.parametrize(
+    ("nodes", "match"),
+    [  # each raised a raw error from our executor before verify checked it
+        ([_node(0, "setitem")], r"has 0 argument\(s\), but a setitem node takes 3"),  # IndexError
+        ([READ, _node(1, "getitem", "", REF0)], "but a getitem node takes 2"),  # IndexError
+        ([_node(0, "barrier", "b")], "how many invokes"),  # IndexError in run_control
+        ([_node(0, "cache", "cache", paths=C1)], "paths= a list of module paths"),  # TypeError
+        ([_node(0, "cache", "cache")], "paths= a list of module paths"),  # KeyError: 'paths'
+        ([_node(0, "backward", "backward")], "has no loss"),  # ValueError: unpack
+        ([_node(0, "log", "print", C1, file=C1)], r"keywords \['file'\]"),  # AttributeError
+        (  # KeyError: 0 (a write has no value)
+            [_node(0, "write", "layer1.output", C1), _node(1, "call", "builtins.bool", REF0)],
+            "uses the value of %0, but a write node has no value",
+        ),
+    ],
+)
+def test_verify_refuses_what_the_executor_cannot_run(nodes, match):
+    with pytest.raises(ValidationError, match=match) as error:
+        _run_header(*nodes)
+    assert f"fuzz.py:{len(nodes)}" in str(error.value)  # the failing node, by its line
+
+
+def test_a_cache_with_a_bad_device_is_refused_by_name():
+    """torch.device("cpu; rm") raised a RuntimeError from inside the plan's build."""
+    paths = {"kind": "list", "items": [{"kind": "str", "value": "layer1"}]}
+    kinds = {"kind": "list", "items": [{"kind": "str", "value": "output"}]}
+    device = {"kind": "str", "value": "cpu; rm"}
+    cache = _node(0, "cache", "cache", paths=paths, kinds=kinds, device=device)
+    with pytest.raises(ValidationError, match="names 'cpu; rm' as its device") as error:
+        _run_header(cache)
+    assert "fuzz.py:1" in str(error.value)
+
+
+def test_backward_of_a_value_that_is_not_a_tensor_names_its_line():
+    """`.backward()` on a torch.Size was an AttributeError from our executor."""
+    shape = _node(1, "getattr", "shape", REF0)
+    with pytest.raises(ExecutionError, match=r"\.backward\(\) was called on a Size") as error:
+        _run_header(READ, shape, _node(2, "backward", "backward", {"kind": "ref", "id": 1}))
+    assert "fuzz.py:3" in "\n".join(error.value.__notes__)
+
+
+def test_a_guard_on_a_value_with_no_truth_value_names_its_line():
+    """A loaded graph may guard on a 2-element tensor: torch's RuntimeError, which reached the
+    caller without the guarded node's line."""
+    write = _node(1, "write", "layer2.input", REF0) | {"guard": 0}
+    with pytest.raises(RuntimeError, match="more than one value is ambiguous") as error:
+        _run_header(_node(0, "read", "result"), write)
+    assert "fuzz.py:2" in "\n".join(error.value.__notes__)
