@@ -98,11 +98,11 @@ def skipped_modules(
                 return skip.output(lambda: _original(*args, **kwargs))
 
             patched.append((module, own))
-            module.forward = forward  # type: ignore[method-assign]
+            module.forward = forward
         yield
     finally:
         for module, own in patched:
             if own is None:
                 del module.forward
             else:
-                module.forward = own  # type: ignore[method-assign]
+                module.forward = own
