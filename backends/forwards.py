@@ -73,7 +73,7 @@ class ReplacedForwards:
             installed = _INSTALLED.get(key)
             if installed is None:
                 installed = _INSTALLED[key] = _Installed(module)
-                module.forward = installed.dispatcher  # type: ignore[method-assign]
+                module.forward = installed.dispatcher
             installed.users += 1
         forwards = _THREAD.forwards
         previous = forwards.get(key)
@@ -106,7 +106,7 @@ def _uninstall(installed: _Installed) -> None:
     if installed.own is None:
         del module.forward
     else:
-        module.forward = installed.own  # type: ignore[method-assign]
+        module.forward = installed.own
 
 
 __all__ = ["ReplacedForwards"]

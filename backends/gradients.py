@@ -4,11 +4,11 @@ hook for each value whose `.grad` the graph reads or writes; each hook fires a s
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..ir import Node
+from ..ir import Node, Ref
 from ..ir.errors import ExecutionError
 from .plan import GRAD, Cursor, Site
 from .values import Missing, with_location
@@ -22,6 +22,13 @@ class GradientSteps:
     plan: Any
     graph: Any
     debug: bool
+
+    if TYPE_CHECKING:  # what the run provides (backends/local.py's Run)
+
+        def value(self, arg: Any) -> Any: ...
+        def fire(self, site: Site, value: Any) -> Any: ...
+        def release(self, node: Node) -> None: ...
+        def missing(self, ref: Ref) -> Exception: ...
 
     def run_backward(self, node: Node) -> None:
         """Run `loss.backward()`, firing a gradient site for each value whose .grad is used."""
@@ -77,7 +84,11 @@ class GradientSteps:
         return None if new is grad else new
 
     def view_grad_hook(
-        self, site: Site, layout: tuple[Any, Any, int], base_stride: Any, grad: Any
+        self,
+        site: Site,
+        layout: tuple[torch.Size, tuple[int, ...], int | torch.SymInt],
+        base_stride: Any,
+        grad: Any,
     ) -> Any:
         if grad.stride() != base_stride:
             raise ExecutionError(

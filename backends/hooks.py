@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..ir import ModuleNotCalledError
+from ..ir.errors import add_note
 from ..ir.sites import INPUT, OUTPUT
 from .plan import Site
 
@@ -55,13 +56,14 @@ class RunHooks:
         """`hook(module, args, kwargs)` before the module's forward; may return (args, kwargs).
 
         The hook is called in every thread that runs the module; `attach`'s hooks check."""
-        module._forward_pre_hooks[self] = hook
-        module._forward_pre_hooks_with_kwargs[self] = True
+        # this run object is the key (torch types the dicts by handle id: any hashable works)
+        module._forward_pre_hooks[self] = hook  # type: ignore[index]
+        module._forward_pre_hooks_with_kwargs[self] = True  # type: ignore[index]
         self.modules.append(module)
 
     def add_post(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
         """`hook(module, args, output)` after the module's forward; may return a new output."""
-        module._forward_hooks[self] = hook
+        module._forward_hooks[self] = hook  # type: ignore[index]
         self.modules.append(module)
 
     def seen_elsewhere(self, site: Site) -> None:
@@ -74,19 +76,20 @@ class RunHooks:
         """`error`, with a note when modules ran in other threads while this run waited."""
         if self.elsewhere:
             paths = sorted({f"model.{path}" if path else "the model" for path, _ in self.elsewhere})
-            error.add_note(
+            add_note(
+                error,
                 f"{', '.join(paths)} ran in another thread during this run. A trace sees only "
                 "the module calls made in the thread that runs it (the thread of its `with` "
                 "block): a model that calls its modules from worker threads cannot be traced "
-                "there, and another thread's forward never counts for this trace."
+                "there, and another thread's forward never counts for this trace.",
             )
         return error
 
     def remove(self) -> None:
         for module in self.modules:
-            module._forward_pre_hooks.pop(self, None)
-            module._forward_pre_hooks_with_kwargs.pop(self, None)
-            module._forward_hooks.pop(self, None)
+            module._forward_pre_hooks.pop(self, None)  # type: ignore[call-overload]
+            module._forward_pre_hooks_with_kwargs.pop(self, None)  # type: ignore[call-overload]
+            module._forward_hooks.pop(self, None)  # type: ignore[call-overload]
         self.modules.clear()
 
 

@@ -349,7 +349,7 @@ class Run(GradientSteps):
                 )
             except KeyError as error:
                 raise Missing(Ref(error.args[0])) from None
-            kwargs = {}
+            kwargs: dict[str, Any] = {}
         else:
             args = self.value(node.args)
             kwargs = self.value(node.kwargs) if node.kwargs else {}

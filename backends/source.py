@@ -86,7 +86,7 @@ class _CallSites(ast.NodeTransformer):
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         if self.sites or self.counts:
             return node  # a function defined inside forward keeps its own calls
-        node.body = [self.visit(statement) for statement in node.body]  # type: ignore[misc]
+        node.body = [self.visit(statement) for statement in node.body]
         node.decorator_list = []  # the copy is the bare forward (decorators are not re-applied)
         return node
 
@@ -202,6 +202,11 @@ def resolve_callee(instrumented: Instrumented, name: str, owner: Any) -> Any:
     return value
 
 
+def _instrumented(copy: Any, original: Any) -> Any:
+    """The forward a `.source` run puts in place of `original`: the instrumented copy."""
+    return copy
+
+
 @contextmanager
 def traced_sources(
     modules: dict[str, torch.nn.Module], fire: Fire, expanded: set[str]
@@ -215,7 +220,7 @@ def traced_sources(
     try:
         for path, module in modules.items():
             copy = instrument(type(module).forward).function.__get__(module)
-            replaced.replace(module, lambda original, copy=copy: copy)
+            replaced.replace(module, functools.partial(_instrumented, copy))
             runs.modules[id(module)] = (path, fire)
         yield
     finally:

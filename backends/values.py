@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..ir import Const, Node, Ref, map_args
-from ..ir.errors import ExecutionError, ModuleNotCalledError, OutOfOrderError
+from ..ir.errors import ExecutionError, ModuleNotCalledError, OutOfOrderError, add_note
 from .plan import GRAD, RESULT
 
 
@@ -69,9 +69,9 @@ def with_location(error: Exception, node: Node, debug: bool) -> Exception:
         return error
     if debug:
         text = node.loc.text
-        error.add_note(f"  in the intervention code at {node.loc}: {text}\n  graph node: {node}")
+        add_note(error, f"  in the intervention code at {node.loc}: {text}\n  graph node: {node}")
     else:
-        error.add_note(f"  at {node.loc}")
+        add_note(error, f"  at {node.loc}")
     error._nnsight_located = True  # type: ignore[attr-defined]
     return error
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class NNsightError(Exception):
     """Base class of every error nnsight_graph raises on its own account."""
@@ -70,3 +72,23 @@ class StepsSkippedWarning(UserWarning):
 
 class WireFormatError(NNsightError):
     """A graph could not be written to, or read from, the wire format (bad or hostile bytes)."""
+
+
+def append_note(error: BaseException, note: str) -> None:
+    """Add `note` to `error` where Python (3.10) has no `BaseException.add_note`: PEP 678 says
+    to append to `__notes__`, which tests and 3.11's traceback read."""
+    notes = getattr(error, "__notes__", None)
+    if notes is None:
+        notes = []
+        error.__notes__ = notes  # type: ignore[attr-defined]  # no such attribute before 3.11
+    notes.append(note)
+
+
+if sys.version_info >= (3, 11):
+
+    def add_note(error: BaseException, note: str) -> None:
+        """Add `note` to `error` (PEP 678: printed under its traceback)."""
+        error.add_note(note)
+
+else:
+    add_note = append_note

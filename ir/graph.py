@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -22,7 +22,7 @@ class Invoke(NamedTuple):
     NamedTuple, cheap to build: every trace makes at least one).
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index, shadowing it
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = _NO_KWARGS
     start: int = 0
@@ -56,7 +56,7 @@ class Graph:
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
     def node(self, id: int) -> Node:

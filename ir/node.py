@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, final
 
 from .ops import Op
 
 
+@final  # exact `type(arg) is Ref` checks (the executors' fast path) then narrow for mypy
 @dataclass(frozen=True, slots=True)
 class Ref:
     """A reference to the value of an earlier node."""
@@ -36,6 +37,7 @@ def ref(id: int) -> Ref:
         return _REFS[id]
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Const:
     """A reference to an entry of the graph's constant table (tensors and other objects)."""

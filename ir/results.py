@@ -116,11 +116,11 @@ class _Encoder:
             return {"kind": "device", "name": str(value)}
         output = _model_output_class(value)
         if output is not None:
-            items = {k: self.value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
-            return {"kind": "output", "class": output, "items": items}
+            fields = {k: self.value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+            return {"kind": "output", "class": output, "items": fields}
         if type(value) in (tuple, list):
-            items = [self.value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
-            return {"kind": type(value).__name__, "items": items}
+            entries = [self.value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+            return {"kind": type(value).__name__, "items": entries}
         if type(value) is dict and all(type(k) is str for k in value):
             items = {k: self.value(v, f"{where}[{k!r}]", depth + 1) for k, v in value.items()}
             return {"kind": "dict", "items": items}
@@ -175,8 +175,8 @@ class _Decoder:
             except (TypeError, ValueError) as e:  # a list key, or not a pair
                 raise WireFormatError(f"the results hold a malformed mapping: {e}") from e
         if kind == "output":
-            items = {k: self.value(v, depth + 1) for k, v in _items(model, dict).items()}
-            return _model_output(model.get("class"), items)
+            fields = {k: self.value(v, depth + 1) for k, v in _items(model, dict).items()}
+            return _model_output(model.get("class"), fields)
         if kind == "omitted":
             return Omitted(str(model.get("what", "a saved value")))
         return _decode_simple(model)

@@ -434,7 +434,9 @@ class _Decoder:
         args = tuple(self.arg(a, where) for a in model.args)
         kwargs = {k: self.arg(v, where) for k, v in model.kwargs.items()}
         guard = None if model.guard is None else self.ref(model.guard, where)
-        loc = model.loc and SourceLoc(model.loc.file, model.loc.line, model.loc.text)
+        loc = (
+            None if model.loc is None else SourceLoc(model.loc.file, model.loc.line, model.loc.text)
+        )
         self.ids.add(model.id)
         if not kwargs:
             kwargs = Node._field_defaults["kwargs"]  # the shared empty default, as recorded

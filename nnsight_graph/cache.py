@@ -73,7 +73,7 @@ def module_path(known: set[str], module: Any) -> str:
     names: an envoy, or a string, either a cache key ("model.transformer.h.0") or a path
     below the model ("transformer.h.0"); `known` holds the model's module paths."""
     if _is_envoy(module):
-        return module._path  # type: ignore[no-any-return]
+        return module._path
     if not isinstance(module, str):
         raise GraphBuildError(
             "tracer.cache(modules=[...]) takes modules (model.transformer.h[0]) or their paths "

@@ -78,7 +78,7 @@ class Envoy:
             path = f"{self._path}.{name}" if self._path else name
             root = self._root
             if root is None:
-                child = Envoy(module, path)  # type: ignore[arg-type]
+                child = Envoy(module, path)
             else:
                 child = root._envoy_class(path, module)(module, path)
                 child._attach(root)

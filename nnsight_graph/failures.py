@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .ir import Const, Graph, Op, SourceLoc, map_args
+from .ir.errors import add_note
 
 _WRITES = frozenset({Op.WRITE, Op.SKIP})
 
@@ -34,7 +35,7 @@ def note_model_error(
         text += f", on the input {shown}" if len(given) == 1 else f", on the inputs {shown}"
     if any(node.op in _WRITES for node in graph.nodes):
         text += " (or on a value the intervention code wrote into the model)"
-    error.add_note(f"{text}. {hint}" if hint else f"{text}.")
+    add_note(error, f"{text}. {hint}" if hint else f"{text}.")
     error._nnsight_located = True  # type: ignore[attr-defined]
 
 

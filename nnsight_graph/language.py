@@ -274,8 +274,8 @@ class LanguageModel(NNsight):
         """An invoke's input as rows of (token ids, attention mask), unpadded."""
         if len(args) > 1:
             raise BatchError("give one input per invoke: a prompt, a list of prompts or ids")
-        value = args[0] if args else kwargs.get("input_ids")
-        mask = kwargs.get("attention_mask")
+        value: Any = args[0] if args else kwargs.get("input_ids")
+        mask: Any = kwargs.get("attention_mask")
         if hasattr(value, "keys") and "input_ids" in value:  # tokenizer output
             mask = value.get("attention_mask", mask)
             value = value["input_ids"]
@@ -320,7 +320,9 @@ class LanguageModel(NNsight):
         if method == "generate":
             return self._generate(kwargs, options)
         mask = kwargs["attention_mask"]
-        if "position_ids" not in options and _takes_position_ids(type(self._module)):
+        # mypy reads a class's __hash__ as unbound, so a class is not Hashable to it
+        model_class = type(self._module)
+        if "position_ids" not in options and _takes_position_ids(model_class):  # type: ignore[arg-type]
             # left padding: positions count real tokens, so a padded prompt equals it alone
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             kwargs = {**kwargs, "position_ids": positions}
@@ -361,7 +363,7 @@ def _target_device(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 
 
 @functools.cache
-def _takes_position_ids(model_class: type) -> bool:
+def _takes_position_ids(model_class: type[torch.nn.Module]) -> bool:
     """Whether the model's forward can be given `position_ids`: it names them or takes any
     keyword (BLOOM, whose alibi comes from the mask, and Mamba take and ignore them)."""
     parameters = inspect.signature(model_class.forward).parameters.values()
@@ -371,9 +373,10 @@ def _takes_position_ids(model_class: type) -> bool:
 
 
 @contextmanager
-def _experts_for_fake_tensors(module: torch.nn.Module) -> Iterator[None]:
+def _experts_for_fake_tensors(module: Any) -> Iterator[None]:
     """While a scan runs, experts layers use transformers' "batched_mm" (gathered weights and
-    batched matmuls: shapes that do not depend on the routing); restored afterwards."""
+    batched matmuls: shapes that do not depend on the routing); restored afterwards.
+    `module` is a transformers model (its experts methods are recent: not typed)."""
     get = getattr(module, "get_experts_implementation", None)
     current = get() if get is not None else {}
     wanted = {k: "batched_mm" if v in _FAKE_UNSAFE_EXPERTS else v for k, v in current.items()}

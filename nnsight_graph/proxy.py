@@ -28,6 +28,11 @@ class Proxy:
     """
 
     __slots__ = ("_nn_recorder", "_nn_id", "_nn_parent", "_nn_attr", "__weakref__")
+    # the slots' types (annotations only: __slots__ makes the attributes)
+    _nn_recorder: Recorder
+    _nn_id: int | None
+    _nn_parent: Proxy | None
+    _nn_attr: str
 
     def __init__(
         self,
@@ -163,6 +168,7 @@ class Proxy:
         return f"<Proxy {node}>"
 
     __str__ = __repr__
+    # kept hashable (proxies are dict keys); the __eq__ set below does not unset it
     __hash__ = object.__hash__
 
 
@@ -224,7 +230,7 @@ def _unary(function: Callable[[Any], Any]) -> Callable[[Proxy], Proxy]:
     return method
 
 
-_ARITHMETIC = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul")
+_ARITHMETIC: tuple[str, ...] = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul")
 _ARITHMETIC += ("and", "or", "xor", "lshift", "rshift")
 for _name in _ARITHMETIC:
     _function = getattr(operator, f"{_name}_" if _name in ("and", "or") else _name)
@@ -235,10 +241,9 @@ for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
     setattr(Proxy, f"__{_name}__", _binary(getattr(operator, _name)))
 for _name in ("neg", "pos", "abs", "invert"):
     setattr(Proxy, f"__{_name}__", _unary(getattr(operator, _name)))
-Proxy.__hash__ = object.__hash__  # type: ignore[method-assign]
 
 # slot setters, bypassing Proxy.__setattr__ (which refuses user attribute writes)
-_set_recorder = Proxy._nn_recorder.__set__  # type: ignore[attr-defined]
-_set_id = Proxy._nn_id.__set__  # type: ignore[attr-defined]
-_set_parent = Proxy._nn_parent.__set__  # type: ignore[attr-defined]
-_set_attr = Proxy._nn_attr.__set__  # type: ignore[attr-defined]
+_set_recorder: Callable[[Proxy, Recorder], None] = Proxy.__dict__["_nn_recorder"].__set__
+_set_id: Callable[[Proxy, int | None], None] = Proxy.__dict__["_nn_id"].__set__
+_set_parent: Callable[[Proxy, Proxy | None], None] = Proxy.__dict__["_nn_parent"].__set__
+_set_attr: Callable[[Proxy, str], None] = Proxy.__dict__["_nn_attr"].__set__

@@ -226,12 +226,12 @@ def envoy_class(envoys: Any, rename: Any, path: str, module: torch.nn.Module, ba
         return envoys or base
     for kind in type(module).__mro__:
         if kind in envoys:
-            return envoys[kind]  # type: ignore[no-any-return]
+            return envoys[kind]
     full = f"model.{path}" if path else "model"
     for spelling in spellings(rename, full):
         for key, cls in envoys.items():
             if isinstance(key, str) and path_ends_with(spelling, key):
-                return cls  # type: ignore[no-any-return]
+                return cls
     return base
 
 

@@ -7,7 +7,7 @@ Iteration is unrolled while the trace is recorded, so the step is a plain `int`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .ir import GraphBuildError, StepError
 
@@ -87,7 +87,7 @@ class IterIndexer:
                     "tracer.iter[:] needs to know how many steps there are: pass "
                     "max_new_tokens=... to generate(), or give explicit steps (iter[0:3])"
                 )
-            stop = key.stop if key.stop is not None else limit
+            stop = key.stop if key.stop is not None else cast(int, limit)  # known: above
             steps = list(range(stop))[key.start : None : key.step]
             return StepRange(
                 self.tracer, steps, open_ended=key.stop is None and key.step in (None, 1)

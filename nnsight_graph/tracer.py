@@ -195,7 +195,7 @@ class Tracer(capture.CapturedBlock):
         value = self._as_value()
         if captured is not None and captured.empty:
             capture.target_values(captured, value)  # Python unpacks it: say what is wrong
-        return value  # type: ignore[no-any-return]
+        return value
 
     def _as_value(self) -> Any:
         """What the block's `as` name is bound to: this tracer; for `model.edit()`, the

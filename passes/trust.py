@@ -12,6 +12,7 @@ from collections.abc import Collection
 from typing import Any, Final
 
 from ..ir import Graph, Node, Op
+from ..ir.errors import add_note
 from ..ir.limits import LOCAL, Limits
 from ..ir.registry import METHODS, RegistryError, check_function
 from ..ir.sites import VALUE_KINDS, site_of
@@ -112,7 +113,7 @@ def _check_node(node: Node, module_paths: Collection[str]) -> None:
                     _check_path(path, module_paths)
     except RegistryError as error:
         where = f" at {node.loc}" if node.loc else ""
-        error.add_note(f"  graph node{where}: {node}")
+        add_note(error, f"  graph node{where}: {node}")
         raise
 
 

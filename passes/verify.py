@@ -164,7 +164,12 @@ _CACHE_KINDS = frozenset({"output", "input"})
 def _cache_problem(node: Node) -> str:
     kwargs = node.kwargs
     paths, kinds = kwargs.get("paths"), kwargs.get("kinds")
-    if node.args or not _strings(paths) or not _strings(kinds) or not set(kinds) <= _CACHE_KINDS:
+    if (
+        node.args
+        or not _strings(paths)
+        or not _strings(kinds)
+        or not set(kinds or ()) <= _CACHE_KINDS
+    ):
         return (
             "must have no arguments, paths= a list of module paths and kinds= a list of "
             '"output" and "input"'

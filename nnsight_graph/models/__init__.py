@@ -18,7 +18,7 @@ the walkthrough's prompts give meaningful answers offline::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -41,4 +41,5 @@ def load_tiny_gpt2() -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     model = GPT2LMHeadModel.from_pretrained(TINY_GPT2, local_files_only=True)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(TINY_GPT2, local_files_only=True)
-    return model, tokenizer
+    # the shipped tokenizer.json is a fast (tokenizers) one
+    return model, cast("PreTrainedTokenizerFast", tokenizer)

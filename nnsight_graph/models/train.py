@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -113,7 +114,7 @@ def check(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> dict[st
         for prompt in CHECKS:
             ids = tokenizer(prompt, return_tensors="pt").input_ids
             logits = model(ids).logits
-            results[prompt] = tokenizer.decode(logits[0, -1].argmax())
+            results[prompt] = cast(str, tokenizer.decode(logits[0, -1].argmax()))  # one id
     return results
 
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     n_positions = 128
 
     tokenizer = train_tokenizer(docs, vocab_size)
-    eot = tokenizer.convert_tokens_to_ids(EOT)
+    eot = cast(int, tokenizer.convert_tokens_to_ids(EOT))  # one token: one id
     encoded = [tokenizer(doc).input_ids for doc in docs]
     n_tokens = sum(len(ids) + 1 for ids in encoded)
     print(f"corpus: {len(docs)} documents, {n_tokens} tokens, vocab {len(tokenizer)}")
