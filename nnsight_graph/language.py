@@ -14,7 +14,6 @@ import torch
 
 from .envoy import Envoy
 from .ir import BatchError, Graph, Op
-from .ir.limits import LOCAL, Limits
 from .model import NNsight, _decode
 from .tracer import Tracer
 
@@ -302,17 +301,9 @@ class LanguageModel(NNsight):
         masks = mask if mask is not None else [[1] * len(r) for r in value]
         return [(list(r), [1 if m else 0 for m in k]) for r, k in zip(value, masks, strict=True)]
 
-    def _execute(
-        self,
-        graph: Graph,
-        total_rows: int,
-        key: Any = None,
-        limits: Limits = LOCAL,
-        edits: bool = True,
-    ) -> dict[int, Any]:
-        if graph.method != "scan":
+    def _prepare(self, method: str) -> None:
+        if method != "scan":  # a scan needs only the structure, no weights
             self.dispatch()
-        return super()._execute(graph, total_rows, key, limits, edits)
 
     def _call(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]

@@ -83,6 +83,9 @@ class NNsight(Envoy):
     def _before_direct_call(self) -> None:
         """Called before `model(x)` outside a trace runs the module (lazy models load here)."""
 
+    def _prepare(self, method: str) -> None:
+        """Called before a graph of `method` runs on the model (lazy models load here)."""
+
     def trace(self, *args: Any, **kwargs: Any) -> Tracer:
         """A tracing context: `with model.trace(input) as tracer:`. The model runs on exit."""
         return Tracer(self, args, kwargs)
@@ -227,6 +230,7 @@ class NNsight(Envoy):
         An error the model itself raises (not our own, not the intervention code's, which
         carry their lines already) gets a note naming the module that failed and the inputs.
         """
+        self._prepare(graph.method)
         try:
             return self._execute_graph(graph, total_rows, key, limits, edits)
         except Exception as error:
