@@ -214,8 +214,9 @@ class NNsight(Envoy):
 
         A loaded graph runs only what `ir.registry` allows, within `limits` (ir.limits).
         """
-        rows = max((inv.stop or 0 for inv in graph.invokes), default=0)
-        return self._execute(graph, rows, None, limits)
+        from .remote.execution import rows_of
+
+        return self._execute(graph, rows_of(graph), None, limits)
 
     def _execute(
         self,
@@ -249,14 +250,13 @@ class NNsight(Envoy):
         """The whole remote path in this process (`remote="local"`): the graph, with this
         model's edits, is serialized, read back as a server reads it (untrusted, with the
         server's limits), run, and its saved values return through the results format."""
-        from .ir.results import dumps_results, loads_results
-        from .ir.wire import dumps, loads
+        from .ir.results import loads_results
+        from .ir.wire import dumps
+        from .remote.execution import run_payload
 
         if self._edits:
             graph = with_edits(self._edits, graph)
-        received = loads(dumps(graph), limits=SERVER)
-        saved = self._execute(received, total_rows, None, SERVER, edits=False)
-        return loads_results(dumps_results(saved))
+        return loads_results(run_payload(self, dumps(graph), SERVER))
 
     def _execute_graph(
         self, graph: Graph, total_rows: int, key: Any, limits: Limits, edits: bool
