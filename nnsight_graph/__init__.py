@@ -45,6 +45,7 @@ __all__ = [
     "InvokeError",
     "StepError",
     "Invoker",
+    "Job",
     "LanguageModel",
     "ModuleNotCalledError",
     "NNsight",
@@ -60,3 +61,13 @@ __all__ = [
     "WireFormatError",
     "save",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`nnsight_graph.Job`: the remote client, imported when first asked for (it needs
+    httpx, which a purely local user never loads)."""
+    if name == "Job":
+        from .remote.client import Job
+
+        return Job
+    raise AttributeError(f"module 'nnsight_graph' has no attribute {name!r}")

@@ -1,8 +1,9 @@
-"""CONFIG: the library's settings (`CONFIG.APP.DEBUG`, the remote API key)."""
+"""CONFIG: the library's settings (`CONFIG.APP.DEBUG`, the remote server and API key)."""
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 
@@ -17,14 +18,19 @@ class AppConfig:
     FORCE_REMOTE: str | None = field(
         default_factory=lambda: os.environ.get("NNSIGHT_GRAPH_FORCE_REMOTE") or None
     )
+    REMOTE_LOGGING: bool = True  # a status line while a remote job waits and runs
+    REMOTE_PRINT: bool = True  # print() in a remote trace prints here as the job runs
 
 
 @dataclass
 class ApiConfig:
     """Where remote traces go."""
 
-    HOST: str = "http://127.0.0.1:8000"
-    APIKEY: str | None = None
+    # the server `remote=True` uses (`nnsight-graph serve` listens here by default)
+    HOST: str = field(
+        default_factory=lambda: os.environ.get("NNSIGHT_GRAPH_HOST") or "http://127.0.0.1:6677"
+    )
+    APIKEY: str | None = field(default_factory=lambda: os.environ.get("NNSIGHT_GRAPH_API_KEY"))
 
 
 @dataclass
@@ -40,3 +46,9 @@ class Config:
 
 
 CONFIG = Config()
+
+
+def host_url(host: str | None = None) -> str:
+    """A server's base URL: `host`, else `CONFIG.API.HOST`; `host:port` means http."""
+    url = (host or CONFIG.API.HOST).rstrip("/")
+    return url if re.match(r"^https?://", url) else "http://" + url

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from .envoy import Envoy
-from .ir import BatchError, Graph, Op
+from .ir import BatchError, Graph, NNsightError, Op
 from .model import NNsight, _decode
 from .tracer import Tracer
 
@@ -102,13 +103,23 @@ class LanguageModel(NNsight):
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
+        served_from = None  # the folder of the config and tokenizer a server gave
         if isinstance(model, torch.nn.Module):
             module = model
             name = getattr(getattr(model, "config", None), "_name_or_path", "")
             loaded = True
         else:
             name = model
-            config = AutoConfig.from_pretrained(name, **_hub_kwargs(kwargs))
+            try:
+                config = AutoConfig.from_pretrained(name, **_hub_kwargs(kwargs))
+            except OSError as error:  # not a directory, not on the hub (or no internet)
+                served = _from_server(name, error)
+                config = AutoConfig.from_pretrained(served)
+                if tokenizer is None:
+                    tokenizer = AutoTokenizer.from_pretrained(served)
+                served_from = served
+            if dispatch and served_from is not None:
+                raise _weights_on_server(name)
             module = _empty_model(config) if not dispatch else _load(name, device_map, kwargs)
             loaded = dispatch
         if tokenizer is None:
@@ -122,6 +133,7 @@ class LanguageModel(NNsight):
         for attribute, value in (
             ("tokenizer", tokenizer),
             ("_name", name),
+            ("_served_from", served_from),
             ("_loaded", loaded),
             ("_device_map", device_map),
             ("_load_kwargs", kwargs),
@@ -160,6 +172,8 @@ class LanguageModel(NNsight):
         with _DISPATCH:  # first traces in two threads: one loads, the other waits for it
             if self._loaded:
                 return
+            if self._served_from is not None:
+                raise _weights_on_server(self._name)
             module = _load(self._name, self._device_map, self._load_kwargs)
             for path, method, args, kwargs in self._pending:
                 getattr(module.get_submodule(path), method)(*args, **kwargs)
@@ -205,6 +219,16 @@ class LanguageModel(NNsight):
         return ""
 
     # what a tracer needs ----------------------------------------------------------------------
+
+    def _remote_key(self) -> str:
+        from .models import TINY_GPT2
+
+        name = self._name
+        if not name:
+            return super()._remote_key()
+        if os.path.isdir(name) and os.path.samefile(name, TINY_GPT2):
+            return "tiny-gpt2"  # the name every nnsight_graph server hosts the shipped model by
+        return str(name)
 
     def _split_kwargs(
         self, method: str, kwargs: dict[str, Any]
@@ -379,6 +403,27 @@ def _experts_for_fake_tensors(module: Any) -> Iterator[None]:
         yield
     finally:
         module.set_experts_implementation(current)
+
+
+def _from_server(name: str, error: OSError) -> str:
+    """A folder with the config and tokenizer of `name` as the server in CONFIG.API.HOST
+    serves them (so a model the server hosts needs neither the hub nor its weights here);
+    the hub's own error, with a note, when no server hosts it."""
+    from .remote.served import fetch_model_files
+
+    try:
+        return fetch_model_files(name)
+    except NNsightError as refused:
+        error.add_note(f"nnsight_graph also asked its server: {refused}")
+        raise error from None
+
+
+def _weights_on_server(name: str) -> NNsightError:
+    return NNsightError(
+        f"the weights of {name!r} are on the server (this process has only its config and "
+        "tokenizer): run traces on it with remote=True, or load the model from a local "
+        "directory or the hub to run it here"
+    )
 
 
 def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

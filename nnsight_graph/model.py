@@ -253,9 +253,19 @@ class NNsight(Envoy):
         from .ir.wire import dumps
         from .remote.execution import run_payload
 
-        if self._edits:
-            graph = with_edits(self._edits, graph)
-        return loads_results(run_payload(self, dumps(graph), SERVER))
+        return loads_results(run_payload(self, dumps(self._with_edits(graph)), SERVER))
+
+    def _with_edits(self, graph: Graph) -> Graph:
+        """The graph with this model's edits first: what a server runs (it applies none)."""
+        return with_edits(self._edits, graph) if self._edits else graph
+
+    def _remote_key(self) -> str:
+        """The name a server hosts this model under (`X-NNsight-Graph-Model`)."""
+        raise NNsightError(
+            f"remote runs need a model a server hosts by name, not a {type(self._module).__name__} "
+            "built in this process: load it with LanguageModel(NAME) for a NAME the server "
+            "lists in GET /v1/models, or run the trace locally (leave out remote=)"
+        )
 
     def _execute_graph(
         self, graph: Graph, total_rows: int, key: Any, limits: Limits, edits: bool

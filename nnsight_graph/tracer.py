@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import capture, conditions, frames, saving, session, transform
 from .cache import CacheView, cache_kinds, cache_options, cache_paths, new_cache
-from .config import CONFIG
+from .config import CONFIG, host_url
 from .extras import Barrier
 from .ir import Graph, GraphBuildError, InvokeError, NNsightError, Op
 from .proxy import Proxy
@@ -17,6 +18,7 @@ from .steps import IterIndexer, StepRange, is_steps
 
 if TYPE_CHECKING:
     from .model import NNsight
+    from .remote.client import Job
 
 
 class Invoker:
@@ -62,11 +64,19 @@ class Tracer(capture.CapturedBlock):
         self.args = args
         self.run = True  # run=False: record and validate, no compute
         self.remote = CONFIG.APP.FORCE_REMOTE if method in _REMOTE_METHODS else None
+        self.blocking = True  # blocking=False: a remote trace returns at once; see .job
+        self.job: Job | None = None  # the server's job, after a remote trace ran
         if kwargs:
             self.run = kwargs.pop("run", True)
             remote = kwargs.pop("remote", False)
+            self.blocking = kwargs.pop("blocking", True)
             if remote:
                 self.remote = _remote_mode(remote, method)
+            if not self.blocking and self.remote in (None, "local"):
+                raise NNsightError(
+                    "blocking=False is for traces that run on a server: add remote=True "
+                    "(or remote='http://host:port'), or leave out blocking=False"
+                )
             self.kwargs, self.call_kwargs = model._split_kwargs(method, kwargs)
         else:  # no keywords: nothing to split into inputs and options
             self.kwargs, self.call_kwargs = kwargs, {}
@@ -318,6 +328,14 @@ class Tracer(capture.CapturedBlock):
             saved = {}
         elif graph.invokes and self.remote == "local":
             saved = self.model._execute_remote_local(graph, recorder.total_rows)
+        elif graph.invokes and self.remote is not None:
+            from .remote.submit import run_graph  # httpx and the client: remote runs only
+
+            names = _saved_names(captured.stored, variables, recorder)
+            self.job, saved = run_graph(self.model, graph, self.remote, names, self.blocking)
+            if not self.blocking:  # nothing to bind yet: the values come from tracer.job
+                _bind_target(self, captured, frame, local_vars)
+                return
         elif graph.invokes:
             saved = self.model._execute(graph, recorder.total_rows, key)
         else:
@@ -359,11 +377,48 @@ def _remote_mode(remote: Any, method: str) -> str:
                 "changes this process's model): leave out remote="
             )
         return "local"
+    if method not in _REMOTE_METHODS:
+        raise NNsightError(
+            f"{method}() runs on this machine only (a scan needs no weights; an edit changes "
+            "this process's model): leave out remote="
+        )
+    if remote is True:
+        return host_url()
+    if isinstance(remote, str) and re.match(r"^https?://[^/\s]+/?$", remote):
+        return host_url(remote)
     raise NNsightError(
-        f"remote={remote!r} needs the nnsight_graph server, which this version does not have "
-        'yet; run the trace locally (leave out remote=), or use remote="local" to take the '
+        f"remote={remote!r} is not a server: write remote=True (the server in CONFIG.API.HOST, "
+        "env NNSIGHT_GRAPH_HOST), remote='http://host:port', or remote='local' to take the "
         "whole remote path (serialize, check, run, send the results back) in this process"
     )
+
+
+def _saved_names(
+    stored: tuple[str, ...], variables: dict[str, Any], recorder: Recorder
+) -> dict[int, str]:
+    """Node id -> the name its saved value is bound to (what `Job.result()` keys by)."""
+    names = {}
+    saved = recorder.saved_ids
+    for name in stored:
+        value = variables.get(name)
+        if isinstance(value, Proxy) and value._nn_id in saved:
+            names[value._nn_id] = name
+    return names
+
+
+def _bind_target(
+    tracer: Tracer, captured: Any, frame: FrameType, local_vars: dict[str, Any]
+) -> None:
+    """Bind only the `as` target of a non-blocking remote trace (its saved values are not
+    computed yet: `tracer.job.result()` has them)."""
+    target = captured.target
+    if target is None:
+        return
+    if type(target) is str:
+        values = {target: tracer}
+    else:
+        values = capture.target_values(captured, tracer._as_value())
+    frames.bind(frame, values, local_vars)
 
 
 def _deliver(recorder: Recorder, saved: dict[int, Any]) -> None:

@@ -2,10 +2,13 @@
 the server's limits, run, send the saved values back through the results format, bind) gives
 the same values as a local run."""
 
+import socket
+
 import pytest
 import torch
 
 import nnsight_graph as nnsight
+from nnsight_graph.remote.client import RemoteError
 
 PROMPT = "The Eiffel Tower is in the city of"
 
@@ -56,8 +59,20 @@ def test_edits_are_sent_with_the_trace(llm):
 def test_remote_local_on_a_scan_or_an_unknown_server_is_refused_with_what_to_do(llm):
     with pytest.raises(nnsight.NNsightError, match="runs on this machine only"):
         llm.scan(PROMPT, remote="local")
-    with pytest.raises(nnsight.NNsightError, match='remote="local"'):
-        llm.trace(PROMPT, remote=True)
+    with pytest.raises(nnsight.NNsightError, match="remote='local'"):
+        llm.trace(PROMPT, remote="ftp://example.org")
+    with pytest.raises(nnsight.NNsightError, match="blocking=False is for traces that run on"):
+        llm.trace(PROMPT, blocking=False)
+
+
+def test_remote_true_with_no_server_says_how_to_start_one(llm):
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RemoteError, match="nnsight-graph serve") as caught:
+        with llm.trace(PROMPT, remote=f"http://127.0.0.1:{port}"):
+            llm.lm_head.output.save()
+    assert caught.value.code == "unreachable"
 
 
 def test_a_graph_that_cannot_be_sent_says_why(make_net):

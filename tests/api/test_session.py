@@ -43,9 +43,6 @@ def test_values_outside_a_session_still_need_save(llm):
 
 def test_remote_says_it_is_not_available(llm):
     with pytest.raises(nnsight.NNsightError, match="remote=True"):
-        with llm.trace("Hello", remote=True):
-            pass
-    with pytest.raises(nnsight.NNsightError, match="remote=True"):
         llm.session(remote=True)
 
 

@@ -1,0 +1,36 @@
+"""Run a recorded graph on a server: what `remote=True` does when a trace's block ends."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..ir.graph import Graph
+from ..ir.wire import dumps
+from .client import Client, Job
+from .display import Progress
+
+if TYPE_CHECKING:
+    from ..model import NNsight
+
+
+def submit(model: NNsight, payload: bytes, host: str, names: dict[int, str]) -> Job:
+    """Send a wire payload for `model` to the server at `host`; the job, queued."""
+    client = Client(host)
+    answer = client.submit(payload, model._remote_key(), names)
+    job = Job(client, str(answer["job_id"]), names)
+    job.on_event = Progress(job.id)
+    return job
+
+
+def run_graph(
+    model: NNsight, graph: Graph, host: str, names: dict[int, str], blocking: bool = True
+) -> tuple[Job, dict[int, Any]]:
+    """Run `graph` (with the model's edits merged in, as a server applies none of its own)
+    on the server; the job and, when `blocking`, its saved values by node id."""
+    job = submit(model, dumps(model._with_edits(graph)), host, names)
+    if not blocking:
+        return job, {}
+    return job, job.saved()
+
+
+__all__ = ["run_graph", "submit"]
