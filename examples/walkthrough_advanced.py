@@ -10,9 +10,9 @@ is in the city of Paris". Adaptations, each marked with a comment where it is ma
   (batch, seq, hidden), not a tuple. The walkthrough's `.output[0][:, -1, :]` (tuple element 0,
   then the last position) is written `.output[:, -1, :]`; a bare `.output[0]` still runs but now
   means batch row 0, so its shapes print as (seq, hidden).
-* There is no NDIF server for nnsight_graph yet: `remote=True` raises an error (shown once),
-  and section 9's cells run locally. `nnsight.local()` does not exist yet; that cell is skipped
-  with a note.
+* Section 9 runs against an nnsight_graph server that this script starts on a free loopback
+  port (examples/local_server.py), not NDIF; its Llama is the shipped tiny GPT-2, which the
+  server hosts as `tiny-gpt2`.
 
 Run from the repository root: `python examples/walkthrough_advanced.py`.
 """
@@ -22,6 +22,8 @@ import torch
 import nnsight_graph as nnsight
 from nnsight_graph import LanguageModel
 from nnsight_graph.models import tiny_gpt2_path
+
+from local_server import local_server  # examples/local_server.py: section 9's server
 
 torch.manual_seed(0)
 
@@ -240,51 +242,82 @@ print("After clear_edits():   ", llm.tokenizer.decode(restored[0, -1]))
 # ================================================================================
 # 9. Remote Execution (NDIF)
 # ================================================================================
-section("9. Remote Execution (NDIF) - run locally")
+section("9. Remote Execution (our own server, not NDIF)")
 print(
-    "nnsight_graph has no NDIF server yet: remote=True raises an error, so the cells below\n"
-    "run locally on the tiny GPT-2 (the walkthrough uses Llama-3.1-8B on NDIF)."
+    "The walkthrough sends these cells to NDIF. Here they go to an nnsight_graph server this\n"
+    "demo starts on a free loopback port (`nnsight-graph serve`, hosting the shipped tiny GPT-2\n"
+    "as `tiny-gpt2`); the walkthrough's Llama-3.1-8B is that model."
 )
 
-cell("Setup")
-from nnsight_graph import CONFIG  # noqa: E402  (the walkthrough imports it in this cell)
+with local_server() as server_url:
+    cell("Setup")
+    from nnsight_graph import CONFIG  # noqa: E402  (the walkthrough imports it in this cell)
 
-CONFIG.set_default_api_key("YOUR_API_KEY")
-print("API key set:", CONFIG.API.APIKEY)
+    CONFIG.set_default_api_key("YOUR_API_KEY")  # a loopback server without --api-keys takes any
+    CONFIG.API.HOST = server_url  # the walkthrough's NDIF; the default is http://127.0.0.1:6677
+    print("API key set:", CONFIG.API.APIKEY, "| server:", CONFIG.API.HOST)
 
-cell("Remote Tracing: remote=True (no server yet: an error)")
-try:
-    with llm.trace("The Eiffel Tower is in the city of", remote=True):
-        hidden_states = llm.transformer.h[-1].output.save()
-        output = llm.output.save()
-except nnsight.NNsightError as error:
-    print(f"Caught error: {type(error).__name__}: {error}")
+    cell("Remote Tracing")
+    # llama = LanguageModel("meta-llama/Meta-Llama-3.1-8B"): config and tokenizer come from the
+    # server, so this needs neither the hub nor the weights here
+    llama = LanguageModel("tiny-gpt2")
 
-cell("Remote Tracing, run locally")
-# The walkthrough's llama.model.layers[-1] is llm.transformer.h[-1] on GPT-2; no remote=True
-with llm.trace("The Eiffel Tower is in the city of"):
-    hidden_states = llm.transformer.h[-1].output.save()
-    output = llm.output.save()
+    # Just add remote=True - everything else is the same!
+    with llama.trace("The Eiffel Tower is in the city of", remote=True):
+        # llama.model.layers[-1] is llama.transformer.h[-1] on GPT-2
+        hidden_states = llama.transformer.h[-1].output.save()
+        output = llama.output.save()
 
-# (transformers 5: hidden_states is a tensor, so [0] is batch row 0: (seq, hidden))
-print("Hidden states shape:", hidden_states[0].shape)
-
-cell("Sessions, run locally")
-with llm.session() as session:  # the walkthrough: llama.session(remote=True)
+    # (transformers 5: hidden_states is a tensor, so [0] is batch row 0: (seq, hidden))
+    print("Hidden states shape:", hidden_states[0].shape)
     with llm.trace("The Eiffel Tower is in the city of"):
-        # llama.model.layers[31].output[0][:, -1, :] -> the tiny GPT-2's last layer, h[3]
-        hs = llm.transformer.h[3].output[:, -1, :]
-        t1_out = llm.lm_head.output.argmax(dim=-1).save()
+        local_logits = llm.output.logits.save()
+    print("Same logits as a local run:", torch.allclose(output.logits, local_logits, atol=1e-5))
+    print("Predicts:", llama.tokenizer.decode(output.logits[0, -1].argmax()))
 
-    with llm.trace("Buckingham Palace is in the city of"):
-        llm.transformer.h[1].output[:, -1, :] = hs
-        t2_out = llm.lm_head.output.argmax(dim=-1).save()
+    cell("Sessions")
+    try:
+        with llama.session(remote=True) as session:
+            with llama.trace("The Eiffel Tower is in the city of"):
+                # llama.model.layers[31].output[0][:, -1, :] -> the tiny GPT-2's last layer, h[3]
+                hs = llama.transformer.h[3].output[:, -1, :]
+                t1_out = llama.lm_head.output.argmax(dim=-1).save()
 
-print("T1:", llm.tokenizer.decode(t1_out[0, -1]))
-print("T2:", llm.tokenizer.decode(t2_out[0, -1]))
+            with llama.trace("Buckingham Palace is in the city of"):
+                llama.transformer.h[1].output[:, -1, :] = hs
+                t2_out = llama.lm_head.output.argmax(dim=-1).save()
 
-cell("Streaming with nnsight.local()")
-if hasattr(nnsight, "local"):
-    print("nnsight.local() exists now: this cell can be added to the example.")
-else:
-    print("Skipped: nnsight_graph has no nnsight.local() yet (it only matters for remote runs).")
+        print("T1:", llama.tokenizer.decode(t1_out[0, -1]))
+        print("T2:", llama.tokenizer.decode(t2_out[0, -1]))
+    except nnsight.NNsightError as error:
+        print(f"Not yet: {type(error).__name__}: {error}")
+
+    cell("Streaming with nnsight.local()")
+    if hasattr(nnsight, "local"):
+        with llama.trace("Hello", remote=True) as tracer:
+            with nnsight.local():
+                # This runs on your machine, not the server
+                hs = llama.transformer.h[-1].output[0]
+                print("Local computation:", hs[0, 0])  # Runs locally
+
+            out = llama.lm_head.output.save()
+        print("Output shape:", out.shape)
+    else:
+        print("Skipped: nnsight_graph has no nnsight.local() yet.")
+
+    cell("Jobs you can leave: blocking=False, tracer.job, Job.attach")
+    with llama.trace("Vatican is in the city of", remote=True, blocking=False) as tracer:
+        logits = llama.lm_head.output.save()
+    job = tracer.job
+    print("Submitted", job.id, "->", job.status())
+    again = nnsight.Job.attach(job.id)  # from any process that knows the id (and the key)
+    print("Attached: result names", sorted(again.result(timeout=60)))
+    print("Predicts:", llama.tokenizer.decode(again.result()["logits"][0, -1].argmax()))
+
+    cell("An error in a remote trace keeps its type and your line")
+    try:
+        with llama.trace("Hello", remote=True):
+            llama.transformer.h[0].output[:, 99].save()  # past the end: IndexError
+    except IndexError as error:
+        print(f"Caught IndexError: {str(error).splitlines()[0]}")
+        print("  note:", (getattr(error, "__notes__", None) or ["(none)"])[0])
