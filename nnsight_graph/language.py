@@ -110,16 +110,14 @@ class LanguageModel(NNsight):
             loaded = True
         else:
             name = model
-            try:
-                config = AutoConfig.from_pretrained(name, **_hub_kwargs(kwargs))
-            except OSError as error:  # not a directory, not on the hub (or no internet)
-                served = _from_server(name, error)
-                config = AutoConfig.from_pretrained(served)
+            if not dispatch and not os.path.isdir(name):
+                served_from = _from_server(name)  # a model the configured server hosts
+            if served_from is not None:
+                config = AutoConfig.from_pretrained(served_from)
                 if tokenizer is None:
-                    tokenizer = AutoTokenizer.from_pretrained(served)
-                served_from = served
-            if dispatch and served_from is not None:
-                raise _weights_on_server(name)
+                    tokenizer = AutoTokenizer.from_pretrained(served_from)
+            else:
+                config = AutoConfig.from_pretrained(name, **_hub_kwargs(kwargs))
             module = _empty_model(config) if not dispatch else _load(name, device_map, kwargs)
             loaded = dispatch
         if tokenizer is None:
@@ -172,9 +170,12 @@ class LanguageModel(NNsight):
         with _DISPATCH:  # first traces in two threads: one loads, the other waits for it
             if self._loaded:
                 return
-            if self._served_from is not None:
-                raise _weights_on_server(self._name)
-            module = _load(self._name, self._device_map, self._load_kwargs)
+            try:
+                module = _load(self._name, self._device_map, self._load_kwargs)
+            except OSError as error:
+                if self._served_from is None:
+                    raise
+                raise _weights_on_server(self._name) from error
             for path, method, args, kwargs in self._pending:
                 getattr(module.get_submodule(path), method)(*args, **kwargs)
             self._pending.clear()
@@ -405,24 +406,23 @@ def _experts_for_fake_tensors(module: Any) -> Iterator[None]:
         module.set_experts_implementation(current)
 
 
-def _from_server(name: str, error: OSError) -> str:
+def _from_server(name: str) -> str | None:
     """A folder with the config and tokenizer of `name` as the server in CONFIG.API.HOST
     serves them (so a model the server hosts needs neither the hub nor its weights here);
-    the hub's own error, with a note, when no server hosts it."""
+    None when no server answers there or it does not host `name` (then the hub is asked)."""
     from .remote.served import fetch_model_files
 
     try:
         return fetch_model_files(name)
-    except NNsightError as refused:
-        error.add_note(f"nnsight_graph also asked its server: {refused}")
-        raise error from None
+    except NNsightError:
+        return None
 
 
 def _weights_on_server(name: str) -> NNsightError:
     return NNsightError(
-        f"the weights of {name!r} are on the server (this process has only its config and "
-        "tokenizer): run traces on it with remote=True, or load the model from a local "
-        "directory or the hub to run it here"
+        f"the weights of {name!r} are on the server (this process has its config and "
+        "tokenizer from there, and neither the hub nor a local directory has the weights): run "
+        "traces on it with remote=True, or load the model from a local directory"
     )
 
 

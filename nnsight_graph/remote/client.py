@@ -53,7 +53,9 @@ class JobCancelledError(NNsightError):
 class Client:
     """One server and one API key: the HTTP calls of the remote API."""
 
-    def __init__(self, host: str | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self, host: str | None = None, api_key: str | None = None, connect_timeout: float = 10.0
+    ) -> None:
         self.host = host_url(host)
         self.api_key = api_key if api_key is not None else CONFIG.API.APIKEY
         headers = {
@@ -64,7 +66,7 @@ class Client:
             headers["Authorization"] = f"Bearer {self.api_key}"
         self.headers = headers
         self.http = httpx.Client(
-            base_url=self.host, headers=headers, timeout=httpx.Timeout(60.0, connect=10.0)
+            base_url=self.host, headers=headers, timeout=httpx.Timeout(60.0, connect=connect_timeout)
         )
 
     def close(self) -> None:
@@ -148,10 +150,7 @@ class Client:
                     message = socket.recv(timeout=left)
                 except TimeoutError:
                     raise TimeoutError(f"job {job_id} did not finish in time") from None
-                except ConnectionClosed as closed:  # the server closed it: say why, or poll
-                    reason = getattr(getattr(closed, "rcvd", None), "reason", "")
-                    if reason.startswith("{"):
-                        raise _error_from_json(json.loads(reason), 404, self.host) from None
+                except ConnectionClosed:  # closed before the final status: poll the rest
                     return
                 yield json.loads(message)
 

@@ -25,7 +25,7 @@ def cache_dir() -> Path:
 def fetch_model_files(name: str, host: str | None = None) -> str:
     """A folder holding `config.json` and the tokenizer files of the model the server at
     `host` (default CONFIG.API.HOST) hosts as `name`; RemoteError if it hosts none."""
-    client = Client(host)
+    client = Client(host, connect_timeout=1.0)
     try:
         config = client.model_config(name)
         files = client.tokenizer_files(name)

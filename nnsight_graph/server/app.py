@@ -1,0 +1,273 @@
+"""The HTTP API of docs/remote_api.md: FastAPI routes over the job store and hosted models."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+
+from .. import __version__
+from ..ir.errors import NNsightError, WireFormatError
+from ..ir.wire_schema import SCHEMA_VERSION
+from ..remote.execution import check_payload
+from .models import HostedModel
+from .store import FINAL, Store
+
+LOCAL_USER = "local"
+_NAMES_BYTES = 64 << 10
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, stable code, message and a hint that names the fix."""
+
+    def __init__(self, status: int, code: str, message: str, hint: str = "",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.hint = status, code, message, hint
+        self.headers = headers or {}
+
+
+def read_keys(path: str | Path) -> dict[str, str]:
+    """An API keys file: one `USER SHA256_OF_KEY` per line (`#` comments), as
+    `nnsight-graph hash-key` prints; sha256 hex -> user."""
+    keys = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[1]) != 64:
+            raise ValueError(f"{path}:{number}: write `USER SHA256_HEX_OF_KEY` (64 hex digits)")
+        keys[parts[1].lower()] = parts[0]
+    return keys
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str] | None,
+               max_body: int) -> FastAPI:
+    app = FastAPI(title="nnsight_graph server", version=__version__)
+
+    def user_of(headers: Any) -> str:
+        if keys is None:
+            return LOCAL_USER
+        auth = headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("ndif-api-key")
+        if not key:
+            raise ApiError(401, "unauthorized", "this server needs an API key",
+                           "CONFIG.set_default_api_key(KEY) or env NNSIGHT_GRAPH_API_KEY")
+        digest = hash_key(key)
+        for known, user in keys.items():  # every entry compared: no early exit on a match
+            if hmac.compare_digest(known, digest):
+                return user
+        raise ApiError(401, "unauthorized", "the server does not know this API key",
+                       "ask the server's operator for a key")
+
+    def check_schema(headers: Any) -> None:
+        theirs = headers.get("x-nnsight-graph-schema")
+        if theirs is None:
+            return  # curl, a browser: nothing to compare
+        if not theirs.isdigit():
+            raise ApiError(400, "bad_request", f"X-NNsight-Graph-Schema {theirs!r} is not a number")
+        if int(theirs) != SCHEMA_VERSION:
+            side = "the client (pip install -U nnsight-graph)" if int(theirs) < SCHEMA_VERSION \
+                else "the server"
+            raise ApiError(426, "schema_mismatch",
+                           f"the client speaks wire schema {theirs}, the server {SCHEMA_VERSION}",
+                           f"upgrade {side}")
+
+    def own_job(job_id: str, user: str) -> dict[str, Any]:
+        job = store.get(job_id)
+        if job is None or job["user"] != user:
+            raise ApiError(404, "unknown_job", f"no job {job_id} for this key",
+                           "check the id (jobs of another key are not visible)")
+        return job
+
+    def model_named(name: str) -> HostedModel:
+        model = models.get(name)
+        if model is None:
+            raise ApiError(404, "unknown_model", f"no model named {name!r} is hosted here",
+                           "hosted: " + ", ".join(sorted(models)))
+        return model
+
+    @app.middleware("http")
+    async def versions(request: Request, call_next: Any) -> Response:
+        try:
+            check_schema(request.headers)
+            response = await call_next(request)
+        except ApiError as error:
+            response = _error_response(error)
+        response.headers["X-NNsight-Graph-Schema"] = str(SCHEMA_VERSION)
+        response.headers["X-NNsight-Graph-Version"] = __version__
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> Response:
+        return _error_response(error)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        states = {name: model.state for name, model in models.items()}
+        ready = all(state == "ready" for state in states.values())
+        return JSONResponse({"ready": ready, "models": states}, status_code=200 if ready else 503)
+
+    @app.get("/v1/whoami")
+    def whoami(request: Request) -> dict[str, Any]:
+        user = user_of(request.headers)
+        return {"user": user, **store.counts(user)}
+
+    @app.get("/v1/models")
+    def list_models(request: Request) -> list[dict[str, Any]]:
+        user_of(request.headers)
+        return [model.info() for model in models.values()]
+
+    @app.get("/v1/models/{name}/config")
+    def model_config(name: str, request: Request) -> dict[str, Any]:
+        user_of(request.headers)
+        return model_named(name).config
+
+    @app.get("/v1/models/{name}/tokenizer")
+    def model_tokenizer(name: str, request: Request) -> dict[str, Any]:
+        user_of(request.headers)
+        return {"files": model_named(name).tokenizer_files}
+
+    @app.post("/v1/jobs", status_code=202)
+    async def submit(request: Request) -> dict[str, Any]:
+        user = user_of(request.headers)
+        name = request.headers.get("x-nnsight-graph-model")
+        if not name:
+            raise ApiError(400, "bad_request", "the X-NNsight-Graph-Model header is missing",
+                           "name the model: one of " + ", ".join(sorted(models)))
+        model = model_named(name)
+        if model.state == "failed":
+            raise ApiError(503, "not_ready", f"the model {name!r} failed to load",
+                           json.dumps(model.error))
+        names = _names(request.headers.get("x-nnsight-graph-names"))
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            raise ApiError(413, "too_large", f"the payload has {length} bytes, over {max_body}",
+                           "save fewer or smaller values, or send smaller inputs")
+        body = await request.body()
+        if len(body) > max_body:
+            raise ApiError(413, "too_large", f"the payload has {len(body)} bytes, over {max_body}",
+                           "save fewer or smaller values, or send smaller inputs")
+        try:
+            await asyncio.to_thread(check_payload, body, model.site_paths, model.limits)
+        except WireFormatError as error:
+            raise ApiError(400, "bad_payload", str(error),
+                           "send what nnsight_graph.ir.wire.dumps writes") from None
+        except NNsightError as error:
+            raise ApiError(422, "refused", _with_notes(error),
+                           "change the trace as the message says") from None
+        job = store.add(user, name, body, names)
+        model.wake.set()
+        return {"job_id": job, "status": "QUEUED", "position": store.position(job)}
+
+    @app.get("/v1/jobs/{job_id}")
+    def job_status(job_id: str, request: Request) -> dict[str, Any]:
+        return _public(store, own_job(job_id, user_of(request.headers)))
+
+    @app.get("/v1/jobs/{job_id}/result")
+    def job_result(job_id: str, request: Request) -> Response:
+        job = own_job(job_id, user_of(request.headers))
+        if job["status"] != "COMPLETED":
+            raise ApiError(409, "not_finished", f"job {job_id} is {job['status']}",
+                           "wait for COMPLETED (GET /v1/jobs/{id} or its events)")
+        path = store.result_path(job_id)
+        if store.result_expired(job) or not path.exists():
+            raise ApiError(410, "result_expired", f"the result of job {job_id} expired",
+                           "run the job again")
+        return Response(path.read_bytes(), media_type="application/octet-stream")
+
+    @app.delete("/v1/jobs/{job_id}")
+    def job_cancel(job_id: str, request: Request) -> dict[str, Any]:
+        job = own_job(job_id, user_of(request.headers))
+        if job["status"] == "QUEUED" and store.cancel_queued(job_id):
+            return {"job_id": job_id, "status": "CANCELLED"}
+        if job["status"] in ("QUEUED", "RUNNING"):
+            models[job["model"]].cancel(job_id)
+        return {"job_id": job_id, "status": (store.get(job_id) or job)["status"]}
+
+    @app.get("/v1/jobs/{job_id}/events")
+    def job_events(job_id: str, request: Request, after: int = 0) -> dict[str, Any]:
+        own_job(job_id, user_of(request.headers))
+        return {"events": store.events(job_id, after)}
+
+    @app.websocket("/v1/jobs/{job_id}/events")
+    async def job_socket(socket: WebSocket, job_id: str, after: int = 0) -> None:
+        try:
+            check_schema(socket.headers)
+            own_job(job_id, user_of(socket.headers))
+        except ApiError as error:
+            await socket.close(code=1008, reason=error.code)  # the client polls: full answer
+            return
+        await socket.accept()
+        try:
+            while True:
+                events = store.events(job_id, after)
+                for event in events:
+                    await socket.send_text(json.dumps(event))
+                    after = event["seq"]
+                    if event.get("type") == "STATUS" and event.get("status") in FINAL:
+                        await socket.close()
+                        return
+                if not events:
+                    await asyncio.sleep(0.02)
+        except WebSocketDisconnect:
+            return
+
+    return app
+
+
+def _names(header: str | None) -> dict[str, str]:
+    if not header:
+        return {}
+    if len(header) > _NAMES_BYTES:
+        raise ApiError(400, "bad_request", "X-NNsight-Graph-Names is over 64 KiB")
+    try:
+        names = json.loads(header)
+    except ValueError:
+        names = None
+    if not isinstance(names, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in names.items()):
+        raise ApiError(400, "bad_request", "X-NNsight-Graph-Names must be a JSON object of "
+                       'node ids to names, such as {"12": "hidden"}')
+    return names
+
+
+def _with_notes(error: BaseException) -> str:
+    notes = getattr(error, "__notes__", ())
+    return "\n".join([str(error), *map(str, notes)])
+
+
+def _public(store: Store, job: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "job_id": job["id"], "model": job["model"], "status": job["status"],
+        "position": store.position(job["id"]), "step": job["step"], "steps": job["steps"],
+        "created": job["created"], "started": job["started"], "finished": job["finished"],
+        "names": json.loads(job["names"]),
+        "error": json.loads(job["error"]) if job["error"] else None,
+    }
+
+
+def _error_body(error: ApiError) -> dict[str, str]:
+    return {"code": error.code, "message": error.message, "hint": error.hint}
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(_error_body(error), status_code=error.status, headers=error.headers)
+
+
+__all__ = ["ApiError", "create_app", "hash_key", "read_keys"]

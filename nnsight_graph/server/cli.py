@@ -1,0 +1,106 @@
+"""`nnsight-graph serve ...` (also `python -m nnsight_graph.server serve ...`) and
+`nnsight-graph hash-key` (a line for the --api-keys file)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+DEFAULT_MODEL = "tiny-gpt2"
+
+
+def default_store() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nnsight_graph" / "server"
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="nnsight-graph", description="nnsight_graph's server")
+    commands = top.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="host models for remote=True traces")
+    serve.add_argument("--model", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID",
+                       help="a model to host (repeat for more); default: the shipped tiny GPT-2 "
+                       f"as {DEFAULT_MODEL}")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=6677)
+    serve.add_argument("--api-keys", metavar="FILE",
+                       help="lines of `USER SHA256_OF_KEY` (see `nnsight-graph hash-key`)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda, auto (a device_map)")
+    serve.add_argument("--dtype", default=None, help="float32, bfloat16, float16, ...")
+    serve.add_argument("--store", default=None, help=f"job store (default {default_store()})")
+    serve.add_argument("--ttl", type=float, default=7 * 24 * 3600.0,
+                       help="seconds a result is kept (default 7 days)")
+    serve.add_argument("--deadline", type=float, default=None, help="seconds a job may run")
+    serve.add_argument("--max-body", type=int, default=64 << 20, help="payload bytes allowed")
+    key = commands.add_parser("hash-key", help="print the keys-file line for a key (from stdin)")
+    key.add_argument("user")
+    return top
+
+
+def models_of(specs: list[str]) -> dict[str, str]:
+    from nnsight_graph.models import tiny_gpt2_path
+
+    if not specs:
+        return {DEFAULT_MODEL: tiny_gpt2_path()}
+    models = {}
+    for spec in specs:
+        name, sep, where = spec.partition("=")
+        if not sep or not name or not where:
+            raise SystemExit(f"--model {spec!r}: write NAME=PATH_OR_HUB_ID")
+        models[name] = tiny_gpt2_path() if where == DEFAULT_MODEL else where
+    return models
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from ..ir.limits import SERVER
+    from .app import create_app, read_keys
+    from .models import HostedModel
+    from .store import Store
+
+    if not is_loopback(args.host) and not args.api_keys:
+        raise SystemExit(f"refusing to listen on {args.host} without --api-keys FILE: anyone "
+                         "who reaches it could run jobs; add keys, or bind 127.0.0.1")
+    keys = read_keys(args.api_keys) if args.api_keys else None
+    limits = SERVER if args.deadline is None else replace(SERVER, deadline_s=args.deadline)
+    store = Store(args.store or default_store(), ttl_s=args.ttl)
+    store.recover()
+    store.expire()
+    hosted = {name: HostedModel(name, spec, store, limits, args.device, args.dtype)
+              for name, spec in models_of(args.model).items()}
+    for model in hosted.values():
+        model.start()
+    app = create_app(store, hosted, keys, args.max_body)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        for model in hosted.values():
+            model.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.command == "hash-key":
+        from .app import hash_key
+
+        key = sys.stdin.readline().strip()
+        print(f"{args.user} {hash_key(key)}")
+        return
+    serve(args)
+
+
+__all__ = ["main"]

@@ -1,0 +1,219 @@
+"""The job store: job metadata and events in SQLite, payloads and results as files.
+
+One `Store` per server process, shared by the request handlers and the model dispatchers
+(sqlite3 with one connection behind a lock). A job's payload is kept until it ran, so queued
+jobs survive a restart; its result file is kept for `ttl_s` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+FINAL = ("COMPLETED", "ERROR", "CANCELLED")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    names TEXT NOT NULL,
+    error TEXT,
+    step INTEGER,
+    steps INTEGER,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    arrival INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (model, status, arrival);
+CREATE TABLE IF NOT EXISTS events (
+    job TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (job, seq)
+);
+"""
+
+
+class Store:
+    """Jobs, their events, payloads and results under one directory."""
+
+    def __init__(self, root: str | Path, ttl_s: float = 7 * 24 * 3600) -> None:
+        self.root = Path(root)
+        self.ttl_s = ttl_s
+        (self.root / "payloads").mkdir(parents=True, exist_ok=True)
+        (self.root / "results").mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(self.root / "jobs.sqlite3", check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        with self.lock, self.db:
+            self.db.executescript(_SCHEMA)
+        self.changed = threading.Condition()  # notified on every new event
+
+    # jobs ------------------------------------------------------------------------------------
+
+    def add(self, user: str, model: str, payload: bytes, names: dict[str, str]) -> str:
+        job = uuid.uuid4().hex
+        self.payload_path(job).write_bytes(payload)
+        now = time.time()
+        with self.lock, self.db:
+            arrival = self.db.execute("SELECT COALESCE(MAX(arrival), 0) + 1 FROM jobs").fetchone()[0]
+            self.db.execute(
+                "INSERT INTO jobs (id, user, model, status, names, created, arrival) "
+                "VALUES (?, ?, ?, 'QUEUED', ?, ?, ?)",
+                (job, user, model, json.dumps(names), now, arrival),
+            )
+        self.event(job, {"type": "STATUS", "status": "RECEIVED"})
+        self.event(job, {"type": "STATUS", "status": "QUEUED", "position": self.position(job)})
+        return job
+
+    def get(self, job: str) -> dict[str, Any] | None:
+        with self.lock:
+            row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job,)).fetchone()
+        return None if row is None else dict(row)
+
+    def position(self, job: str) -> int | None:
+        """How many jobs of the same model run or wait before this queued one."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT model, arrival, status FROM jobs WHERE id = ?", (job,)
+            ).fetchone()
+            if row is None or row["status"] != "QUEUED":
+                return None
+            return int(self.db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE model = ? AND "
+                "(status = 'RUNNING' OR (status = 'QUEUED' AND arrival < ?))",
+                (row["model"], row["arrival"]),
+            ).fetchone()[0])
+
+    def next_queued(self, model: str) -> str | None:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT id FROM jobs WHERE model = ? AND status = 'QUEUED' ORDER BY arrival LIMIT 1",
+                (model,),
+            ).fetchone()
+        return None if row is None else str(row["id"])
+
+    def set_status(self, job: str, status: str, **fields: Any) -> None:
+        """Move a job to `status` (and set `fields`), with its STATUS event."""
+        now = time.time()
+        values: dict[str, Any] = {"status": status, **fields}
+        if status == "RUNNING":
+            values["started"] = now
+        if status in FINAL:
+            values["finished"] = now
+        if "error" in values and values["error"] is not None:
+            values["error"] = json.dumps(values["error"])
+        columns = ", ".join(f"{name} = ?" for name in values)
+        with self.lock, self.db:
+            self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job))
+        event = {"type": "STATUS", "status": status}
+        if status == "RUNNING":
+            event.update(step=fields.get("step"), steps=fields.get("steps"))
+        self.event(job, event)
+        if status in FINAL:
+            self.payload_path(job).unlink(missing_ok=True)
+
+    def cancel_queued(self, job: str) -> bool:
+        """Cancel a job if it is still queued (atomically: a dispatcher may be taking it)."""
+        with self.lock, self.db:
+            changed = self.db.execute(
+                "UPDATE jobs SET status = 'CANCELLED', finished = ? WHERE id = ? AND status = 'QUEUED'",
+                (time.time(), job),
+            ).rowcount
+        if changed:
+            self.event(job, {"type": "STATUS", "status": "CANCELLED"})
+            self.payload_path(job).unlink(missing_ok=True)
+        return bool(changed)
+
+    def take(self, job: str) -> bool:
+        """Mark a queued job RUNNING for a dispatcher; False if it was cancelled meanwhile."""
+        with self.lock, self.db:
+            changed = self.db.execute(
+                "UPDATE jobs SET status = 'RUNNING', started = ? WHERE id = ? AND status = 'QUEUED'",
+                (time.time(), job),
+            ).rowcount
+        if changed:
+            self.event(job, {"type": "STATUS", "status": "RUNNING", "step": None, "steps": None})
+        return bool(changed)
+
+    def recover(self) -> None:
+        """After a restart: jobs that were running failed; queued ones wait for their turn."""
+        with self.lock:
+            running = [r["id"] for r in self.db.execute("SELECT id FROM jobs WHERE status = 'RUNNING'")]
+        for job in running:
+            self.set_status(job, "ERROR", error={
+                "type": "ServerRestarted", "module": "nnsight_graph.server",
+                "message": "the server restarted while the job ran; submit it again",
+                "notes": [],
+            })
+
+    def counts(self, user: str) -> dict[str, int]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE user = ? GROUP BY status", (user,)
+            ).fetchall()
+        by = {r["status"]: r["n"] for r in rows}
+        return {"jobs_queued": by.get("QUEUED", 0), "jobs_running": by.get("RUNNING", 0)}
+
+    def queue_depth(self, model: str) -> int:
+        with self.lock:
+            return int(self.db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE model = ? AND status IN ('QUEUED', 'RUNNING')",
+                (model,),
+            ).fetchone()[0])
+
+    # events ----------------------------------------------------------------------------------
+
+    def event(self, job: str, body: dict[str, Any]) -> int:
+        body = {**body, "time": time.time()}
+        with self.lock, self.db:
+            seq = self.db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job = ?", (job,)
+            ).fetchone()[0]
+            body["seq"] = seq
+            self.db.execute(
+                "INSERT INTO events (job, seq, body) VALUES (?, ?, ?)", (job, seq, json.dumps(body))
+            )
+        with self.changed:
+            self.changed.notify_all()
+        return int(seq)
+
+    def events(self, job: str, after: int = 0) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT body FROM events WHERE job = ? AND seq > ? ORDER BY seq", (job, after)
+            ).fetchall()
+        return [json.loads(r["body"]) for r in rows]
+
+    # files -----------------------------------------------------------------------------------
+
+    def payload_path(self, job: str) -> Path:
+        return self.root / "payloads" / f"{job}.bin"
+
+    def result_path(self, job: str) -> Path:
+        return self.root / "results" / f"{job}.bin"
+
+    def result_expired(self, job: dict[str, Any]) -> bool:
+        finished = job.get("finished")
+        return finished is not None and time.time() - finished > self.ttl_s
+
+    def expire(self) -> None:
+        """Remove result files older than the TTL (their jobs stay, answering 410)."""
+        cutoff = time.time() - self.ttl_s
+        with self.lock:
+            old = [r["id"] for r in self.db.execute(
+                "SELECT id FROM jobs WHERE status = 'COMPLETED' AND finished < ?", (cutoff,)
+            )]
+        for job in old:
+            self.result_path(job).unlink(missing_ok=True)
+
+
+__all__ = ["FINAL", "Store"]
