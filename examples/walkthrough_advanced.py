@@ -11,7 +11,7 @@ is in the city of Paris". Adaptations, each marked with a comment where it is ma
   then the last position) is written `.output[:, -1, :]`; a bare `.output[0]` still runs but now
   means batch row 0, so its shapes print as (seq, hidden).
 * Section 9 runs against an nnsight_graph server that this script starts on a free loopback
-  port (examples/local_server.py), not NDIF; its Llama is the shipped tiny GPT-2, which the
+  port (nnsight_graph.server.launch), not NDIF; its Llama is the shipped tiny GPT-2, which the
   server hosts as `tiny-gpt2`.
 
 Run from the repository root: `python examples/walkthrough_advanced.py`.
@@ -22,8 +22,7 @@ import torch
 import nnsight_graph as nnsight
 from nnsight_graph import LanguageModel
 from nnsight_graph.models import tiny_gpt2_path
-
-from local_server import local_server  # examples/local_server.py: section 9's server
+from nnsight_graph.server.launch import local_server  # section 9's server, on loopback
 
 torch.manual_seed(0)
 

@@ -54,6 +54,17 @@ class Unsaved:
             )
         object.__setattr__(self, "_message", message)
 
+    @classmethod
+    def pending(cls, name: str, job_id: str) -> Unsaved:
+        """Bound for a saved value of a non-blocking remote trace: its job has it."""
+        value = object.__new__(cls)
+        object.__setattr__(value, "_cut_off", False)
+        object.__setattr__(value, "_message", (
+            f"`{name}` is computed by the remote job {job_id}, which may still run: use "
+            f"`tracer.job.result()['{name}']` (or nnsight.Job.attach('{job_id}')), or trace "
+            "with blocking=True"))
+        return value
+
     def _fail(self, *args: Any, **kwargs: Any) -> Any:
         raise UnsavedValueError(object.__getattribute__(self, "_message"))
 

@@ -334,7 +334,7 @@ class Tracer(capture.CapturedBlock):
             names = _saved_names(captured.stored, variables, recorder)
             self.job, saved = run_graph(self.model, graph, self.remote, names, self.blocking)
             if not self.blocking:  # nothing to bind yet: the values come from tracer.job
-                _bind_target(self, captured, frame, local_vars)
+                _bind_pending(self, captured, frame, local_vars, names)
                 return
         elif graph.invokes:
             saved = self.model._execute(graph, recorder.total_rows, key)
@@ -406,18 +406,21 @@ def _saved_names(
     return names
 
 
-def _bind_target(
-    tracer: Tracer, captured: Any, frame: FrameType, local_vars: dict[str, Any]
+def _bind_pending(
+    tracer: Tracer, captured: Any, frame: FrameType, local_vars: dict[str, Any],
+    names: dict[int, str],
 ) -> None:
-    """Bind only the `as` target of a non-blocking remote trace (its saved values are not
-    computed yet: `tracer.job.result()` has them)."""
+    """After a non-blocking remote trace: the `as` target, and in place of each saved value
+    an object that says to ask `tracer.job.result()` (the values are not computed yet)."""
+    assert tracer.job is not None
+    values: dict[str, Any] = {
+        name: saving.Unsaved.pending(name, tracer.job.id) for name in names.values()
+    }
     target = captured.target
-    if target is None:
-        return
     if type(target) is str:
-        values = {target: tracer}
-    else:
-        values = capture.target_values(captured, tracer._as_value())
+        values[target] = tracer
+    elif target is not None:
+        values.update(capture.target_values(captured, tracer._as_value()))
     frames.bind(frame, values, local_vars)
 
 

@@ -50,6 +50,9 @@ class JobCancelledError(NNsightError):
     """The job was cancelled before it finished, so it has no result."""
 
 
+_CLIENTS: dict[tuple[str, str | None], Client] = {}
+
+
 class Client:
     """One server and one API key: the HTTP calls of the remote API."""
 
@@ -68,6 +71,15 @@ class Client:
         self.http = httpx.Client(
             base_url=self.host, headers=headers, timeout=httpx.Timeout(60.0, connect=connect_timeout)
         )
+
+    @classmethod
+    def shared(cls, host: str | None = None, api_key: str | None = None) -> Client:
+        """One client per server and key for this process (its connections are reused)."""
+        key = (host_url(host), api_key if api_key is not None else CONFIG.API.APIKEY)
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = cls(*key)
+        return client
 
     def close(self) -> None:
         self.http.close()
@@ -241,7 +253,7 @@ class Job:
     @classmethod
     def attach(cls, job_id: str, host: str | None = None, api_key: str | None = None) -> Job:
         """A job submitted earlier (by this process or another), by its id."""
-        client = Client(host, api_key)
+        client = Client.shared(host, api_key)
         info = client.job(job_id)
         names = {int(k): v for k, v in (info.get("names") or {}).items()}
         return cls(client, job_id, names)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def submit(model: NNsight, payload: bytes, host: str, names: dict[int, str]) -> Job:
     """Send a wire payload for `model` to the server at `host`; the job, queued."""
-    client = Client(host)
+    client = Client.shared(host)
     answer = client.submit(payload, model._remote_key(), names)
     job = Job(client, str(answer["job_id"]), names)
     job.on_event = Progress(job.id)

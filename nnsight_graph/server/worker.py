@@ -40,6 +40,7 @@ class _LogStream(io.TextIOBase):
 
     def __init__(self, outbox: Any, job: str) -> None:
         self.outbox, self.job, self.left = outbox, job, LOG_CAP
+        self.line = ""  # sent a line at a time: one LOG event per printed line
 
     def write(self, text: str) -> int:
         if self.left > 0 and text:
@@ -47,8 +48,16 @@ class _LogStream(io.TextIOBase):
             self.left -= len(part)
             if self.left <= 0:
                 part += f"\n[nnsight_graph: print output cut at {LOG_CAP} characters]\n"
-            self.outbox.put(("log", self.job, part))
+            self.line += part
+            if "\n" in self.line:
+                lines, _, self.line = self.line.rpartition("\n")
+                self.outbox.put(("log", self.job, lines + "\n"))
         return len(text)
+
+    def flush(self) -> None:
+        if self.line:
+            self.outbox.put(("log", self.job, self.line))
+            self.line = ""
 
 
 def load_model(spec: str, device: str, dtype: str | None) -> Any:
@@ -81,8 +90,12 @@ def main(spec: str, device: str, dtype: str | None, limits: Any, inbox: Any, out
         _, job, payload_path, result_path = message
         try:
             payload = Path(payload_path).read_bytes()
-            with redirect_stdout(_LogStream(outbox, job)):
-                result = run_payload(model, payload, limits)
+            stream = _LogStream(outbox, job)
+            try:
+                with redirect_stdout(stream):
+                    result = run_payload(model, payload, limits)
+            finally:
+                stream.flush()
             Path(result_path).write_bytes(result)
         except Exception as error:
             outbox.put(("error", job, describe_error(error)))

@@ -1,11 +1,12 @@
-"""Start an nnsight_graph server on this machine for an example, and stop it afterwards.
+"""Start an nnsight_graph server on this machine, and stop it afterwards (examples, tests).
 
     with local_server() as url:      # `nnsight-graph serve` on a free loopback port
         CONFIG.API.HOST = url
         ...
 
 The server is a subprocess (`python -m nnsight_graph.server serve`) hosting the shipped tiny
-GPT-2 as `tiny-gpt2`, with its job store in a temporary directory.
+GPT-2 as `tiny-gpt2` unless `args` say otherwise, with its job store in `store` (default a
+temporary directory, removed afterwards).
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_server(*args: str, ready_timeout: float = 120.0) -> Iterator[str]:
+def local_server(
+    *args: str, store: str | None = None, port: int | None = None, ready_timeout: float = 120.0
+) -> Iterator[str]:
     """The base URL of a server started with `args`, ready (its /readyz answers 200)."""
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="nnsight-graph-store-") as store:
+    with tempfile.TemporaryDirectory(prefix="nnsight-graph-store-") as temporary:
+        store = store or temporary
         command = [sys.executable, "-m", "nnsight_graph.server", "serve", "--host", "127.0.0.1",
                    "--port", str(port), "--store", store, *args]
         process = subprocess.Popen(command)
@@ -57,3 +61,6 @@ def local_server(*args: str, ready_timeout: float = 120.0) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+__all__ = ["free_port", "local_server"]

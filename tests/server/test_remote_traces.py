@@ -1,0 +1,167 @@
+"""remote=True against a real server on loopback: the same values as a local run, print()
+output, jobs left and fetched later, errors with their own type and the user's line."""
+
+import time
+
+import httpx
+import pytest
+import torch
+from serving import KEYS
+
+import nnsight_graph as nnsight
+from nnsight_graph.ir.wire import dumps
+from nnsight_graph.remote.client import Client, Job, JobCancelledError, RemoteError
+
+PROMPT = "The Eiffel Tower is in the city of"
+
+
+def test_a_remote_trace_gives_the_values_of_a_local_one(alice, tiny):
+    with tiny.trace(PROMPT):
+        tiny.transformer.h[1].output[:, -1] = 0
+        local_hidden = tiny.transformer.h[2].output.save()
+        local_logits = tiny.lm_head.output.save()
+    with tiny.trace(PROMPT, remote=True) as tracer:
+        tiny.transformer.h[1].output[:, -1] = 0
+        hidden = tiny.transformer.h[2].output.save()
+        logits = tiny.lm_head.output.save()
+    assert torch.allclose(hidden, local_hidden, atol=1e-5)
+    assert torch.allclose(logits, local_logits, atol=1e-5)
+    assert tracer.job is not None and tracer.job.status() == "COMPLETED"
+
+
+def test_remote_generate_gives_the_tokens_of_a_local_one(alice, tiny):
+    with tiny.generate(PROMPT, max_new_tokens=3) as tracer:
+        local = tiny.generator.output.save()
+    with tiny.generate(PROMPT, max_new_tokens=3, remote=True):
+        remote = tiny.generator.output.save()
+    assert torch.equal(remote, local)
+    assert tiny.tokenizer.decode(remote[0, -3]) == " Paris"
+
+
+def test_print_in_a_remote_trace_prints_here(alice, tiny, capsys):
+    with tiny.trace(PROMPT, remote=True):
+        print("shape on the server:", tiny.transformer.h[0].output.shape)
+    assert "shape on the server: torch.Size([1, 8, 128])" in capsys.readouterr().out
+
+
+def test_a_status_line_shows_the_job_as_it_goes(alice, tiny, monkeypatch, capsys):
+    monkeypatch.setattr(nnsight.CONFIG.APP, "REMOTE_LOGGING", True)
+    with tiny.trace(PROMPT, remote=True):
+        tiny.lm_head.output.save()
+    lines = capsys.readouterr().err.splitlines()
+    assert any("QUEUED" in line for line in lines)
+    assert "COMPLETED" in lines[-1]
+
+
+def test_a_job_left_running_is_fetched_by_id_from_anywhere(alice, tiny):
+    with tiny.trace(PROMPT, remote=True, blocking=False) as tracer:
+        logits = tiny.lm_head.output.save()
+    job = tracer.job
+    assert job.status() in ("QUEUED", "RUNNING", "COMPLETED")
+    again = Job.attach(job.id)  # as another process would
+    values = again.result(timeout=60)
+    assert sorted(values) == ["logits"]
+    assert tiny.tokenizer.decode(values["logits"][0, -1].argmax()) == " Paris"
+    with pytest.raises(nnsight.UnsavedValueError, match=r"tracer.job.result\(\)\['logits'\]"):
+        logits.shape  # the name holds a placeholder that says where the value is
+
+
+def test_an_error_on_the_server_keeps_its_type_and_the_users_line(alice, tiny):
+    with pytest.raises(IndexError, match="out of bounds") as caught:
+        with tiny.trace(PROMPT, remote=True):
+            tiny.transformer.h[0].output[:, 99].save()  # mark: past the end
+    notes = "\n".join(caught.value.__notes__)
+    assert "tiny.transformer.h[0].output[:, 99].save()" in notes
+    assert "test_remote_traces.py:" in notes
+    assert "site-packages" not in notes and "Traceback" not in notes
+
+
+def test_a_config_and_tokenizer_come_from_the_server(alice, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("NNSIGHT_GRAPH_CACHE", str(tmp_path))
+    served = nnsight.LanguageModel("tiny-gpt2")  # no such directory, no hub: the server has it
+    assert served.config.n_layer == tiny.config.n_layer
+    assert served.tokenizer(PROMPT).input_ids == tiny.tokenizer(PROMPT).input_ids
+    with served.trace(PROMPT, remote=True):
+        logits = served.lm_head.output.save()
+    assert served.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
+    with pytest.raises(nnsight.NNsightError, match="weights of 'tiny-gpt2' are on the server"):
+        with served.trace(PROMPT):
+            served.lm_head.output.save()
+
+
+def test_jobs_belong_to_their_key(alice, tiny):
+    with tiny.trace(PROMPT, remote=True, blocking=False) as tracer:
+        tiny.lm_head.output.save()
+    bob = Client.shared(alice, KEYS["bob"])
+    with pytest.raises(RemoteError) as caught:
+        bob.job(tracer.job.id)
+    assert (caught.value.status, caught.value.code) == (404, "unknown_job")
+    nobody = Client.shared(alice, "")
+    with pytest.raises(RemoteError) as caught:
+        nobody.models()
+    assert (caught.value.status, caught.value.code) == (401, "unauthorized")
+    headers = {"ndif-api-key": KEYS["alice"]}  # nnsight's header works too
+    assert httpx.get(f"{alice}/v1/whoami", headers=headers).json()["user"] == "alice"
+    tracer.job.wait(timeout=60)
+
+
+def test_refusals_carry_a_code_and_a_hint(alice, tiny, make_net):
+    client = Client.shared(alice)
+    auth = {"Authorization": f"Bearer {KEYS['alice']}"}
+    answer = httpx.post(f"{alice}/v1/jobs", content=b"junk", headers={
+        **auth, "X-NNsight-Graph-Model": "tiny-gpt2"})
+    assert (answer.status_code, answer.json()["code"]) == (400, "bad_payload")
+    net = nnsight.NNsight(make_net())
+    with net.trace(torch.rand(1, 5), run=False) as tracer:
+        net.layer1.output.save()
+    with pytest.raises(RemoteError) as caught:  # the net's module paths are not GPT-2's
+        client.submit(dumps(tracer.graph), "tiny-gpt2")
+    assert (caught.value.status, caught.value.code) == (422, "refused")
+    assert "layer1" in str(caught.value)
+    with pytest.raises(RemoteError, match="hosted: tiny-gpt2") as caught:
+        client.submit(dumps(tracer.graph), "llama")
+    assert caught.value.code == "unknown_model"
+    answer = httpx.get(f"{alice}/v1/models", headers={**auth, "X-NNsight-Graph-Schema": "999"})
+    assert (answer.status_code, answer.json()["code"]) == (426, "schema_mismatch")
+    assert "upgrade the server" in answer.json()["hint"]
+
+
+def test_events_are_resumable_and_polled_the_same(alice, tiny):
+    with tiny.trace(PROMPT, remote=True) as tracer:
+        print("hello from the trace", tiny.transformer.h[0].output.shape)
+        tiny.lm_head.output.save()
+    client = tracer.job.client
+    events = client.events(tracer.job.id)
+    statuses = [e["status"] for e in events if e["type"] == "STATUS"]
+    assert statuses == ["RECEIVED", "QUEUED", "RUNNING", "COMPLETED"]
+    logs = [e["text"] for e in events if e["type"] == "LOG"]
+    assert logs == ["hello from the trace torch.Size([1, 8, 128])\n"]
+    later = client.events(tracer.job.id, after=2)
+    assert [e["seq"] for e in later] == [e["seq"] for e in events[2:]]
+    assert list(client.follow(tracer.job.id, after=2, timeout=10)) == later  # the socket
+
+
+def test_cancel_stops_a_running_job_and_the_next_job_runs(alice, tiny):
+    with tiny.trace(PROMPT, remote=True, blocking=False) as slow:  # ~10 s of matmuls
+        big = tiny.transformer.h[0].output.new_ones(2048, 2048)
+        for _ in range(80):
+            big = big @ big / 2048
+        big.sum().save()
+    with tiny.trace(PROMPT, remote=True, blocking=False) as queued:
+        tiny.lm_head.output.save()
+    with tiny.trace(PROMPT, remote=True, blocking=False) as after:
+        logits = tiny.lm_head.output.save()
+    assert queued.job.cancel() == "CANCELLED"  # still queued behind the slow one
+    for _ in range(200):  # wait (bounded) until the slow job runs
+        if slow.job.status() == "RUNNING":
+            break
+        time.sleep(0.05)
+    started = time.monotonic()
+    slow.job.cancel()
+    assert slow.job.wait(timeout=60) == "CANCELLED"
+    assert time.monotonic() - started < 5  # stopped, not run to its end
+    with pytest.raises(JobCancelledError):
+        queued.job.result(timeout=10)
+    values = after.job.result(timeout=120)
+    assert tiny.tokenizer.decode(values["logits"][0, -1].argmax()) == " Paris"
+    del logits
