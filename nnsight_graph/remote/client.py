@@ -20,7 +20,7 @@ from websockets.sync.client import connect
 
 from .. import __version__
 from ..config import CONFIG, host_url
-from ..ir.errors import NNsightError
+from ..ir.errors import NNsightError, append_note
 from ..ir.results import loads_results
 from ..ir.wire_schema import SCHEMA_VERSION
 
@@ -228,8 +228,8 @@ def rebuild_error(info: dict, job_id: str) -> BaseException:
     else:
         error = RemoteJobError(f"{name or 'error'}: {message}")
     for note in info.get("notes") or ():
-        error.add_note(str(note))
-    error.add_note(f"(raised on the server, in job {job_id})")
+        append_note(error, str(note))
+    append_note(error, f"(raised on the server, in job {job_id})")
     return error
 
 

@@ -94,7 +94,7 @@ _FINAL = frozenset({"COMPLETED", "ERROR", "CANCELLED"})
 def _mode(stream: TextIO) -> str:
     shell = sys.modules.get("IPython")
     if shell is not None:
-        ipython = shell.get_ipython()  # type: ignore[attr-defined]
+        ipython = shell.get_ipython()
         if ipython is not None and type(ipython).__name__ == "ZMQInteractiveShell":
             return "notebook"
     isatty = getattr(stream, "isatty", None)

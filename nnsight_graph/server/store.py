@@ -114,7 +114,7 @@ class Store:
         columns = ", ".join(f"{name} = ?" for name in values)
         with self.lock, self.db:
             self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job))
-        event = {"type": "STATUS", "status": status}
+        event: dict[str, Any] = {"type": "STATUS", "status": status}
         if status == "RUNNING":
             event.update(step=fields.get("step"), steps=fields.get("steps"))
         self.event(job, event)
