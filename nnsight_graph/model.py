@@ -95,8 +95,8 @@ class NNsight(Envoy):
         a later trace can use any value of an earlier one."""
         if remote:
             raise NNsightError(
-                "remote=True needs the nnsight_graph server, which this version does not have "
-                "yet; run the session locally (leave out remote=True)"
+                "a session with remote=True (one job for all its traces) is not built yet: run "
+                "the session locally (leave out remote=True), or give each trace remote=True"
             )
         return Session(self)
 

@@ -7,6 +7,7 @@ non-blocking trace, or `nnsight_graph.Job.attach(job_id)` from another process.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import json
 import re
@@ -51,6 +52,12 @@ class JobCancelledError(NNsightError):
 
 
 _CLIENTS: dict[tuple[str, str | None], Client] = {}
+
+
+@atexit.register
+def _close_clients() -> None:
+    for client in _CLIENTS.values():
+        client.close()
 
 
 class Client:
