@@ -90,15 +90,21 @@ class NNsight(Envoy):
         """A tracing context: `with model.trace(input) as tracer:`. The model runs on exit."""
         return Tracer(self, args, kwargs)
 
-    def session(self, remote: bool = False) -> Session:
+    def session(self, remote: bool | str = False) -> Session:
         """Group traces: `with model.session():` runs them in order when the block ends, and
-        a later trace can use any value of an earlier one."""
-        if remote:
+        a later trace can use any value of an earlier one.
+
+        `remote="local"` sends all the traces as one payload through the whole remote path
+        in this process (session.session_payload, remote.execution.run_payload,
+        session.bind_session_results) once the block ends.
+        """
+        if remote and remote != "local":
             raise NNsightError(
-                "remote=True needs the nnsight_graph server, which this version does not have "
-                "yet; run the session locally (leave out remote=True)"
+                f"remote={remote!r} needs the nnsight_graph server, which this version does not "
+                'have yet; run the session locally (leave out remote=), or use remote="local" '
+                "to take the whole remote path (one payload for all its traces) in this process"
             )
-        return Session(self)
+        return Session(self, "local" if remote else None)
 
     def edit(self, *, inplace: bool = False) -> Tracer:
         """Record interventions that every later trace applies first.
