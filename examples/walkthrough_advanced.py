@@ -275,21 +275,19 @@ with local_server() as server_url:
     print("Predicts:", llama.tokenizer.decode(output.logits[0, -1].argmax()))
 
     cell("Sessions")
-    try:
-        with llama.session(remote=True) as session:
-            with llama.trace("The Eiffel Tower is in the city of"):
-                # llama.model.layers[31].output[0][:, -1, :] -> the tiny GPT-2's last layer, h[3]
-                hs = llama.transformer.h[3].output[:, -1, :]
-                t1_out = llama.lm_head.output.argmax(dim=-1).save()
+    with llama.session(remote=True) as session:  # one job: both traces run on the server
+        with llama.trace("The Eiffel Tower is in the city of"):
+            # llama.model.layers[31].output[0][:, -1, :] -> the tiny GPT-2's last layer, h[3]
+            hs = llama.transformer.h[3].output[:, -1, :]
+            t1_out = llama.lm_head.output.argmax(dim=-1).save()
 
-            with llama.trace("Buckingham Palace is in the city of"):
-                llama.transformer.h[1].output[:, -1, :] = hs
-                t2_out = llama.lm_head.output.argmax(dim=-1).save()
+        with llama.trace("Buckingham Palace is in the city of"):
+            llama.transformer.h[1].output[:, -1, :] = hs
+            t2_out = llama.lm_head.output.argmax(dim=-1).save()
 
-        print("T1:", llama.tokenizer.decode(t1_out[0, -1]))
-        print("T2:", llama.tokenizer.decode(t2_out[0, -1]))
-    except nnsight.NNsightError as error:
-        print(f"Not yet: {type(error).__name__}: {error}")
+    print("T1:", llama.tokenizer.decode(t1_out[0, -1]))
+    print("T2:", llama.tokenizer.decode(t2_out[0, -1]))
+    print("One job for the session:", session.job.id, "->", session.job.status())
 
     cell("Streaming with nnsight.local()")
     if hasattr(nnsight, "local"):

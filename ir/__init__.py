@@ -25,6 +25,7 @@ from .errors import (
 from .graph import Graph, Invoke
 from .node import Const, Node, Ref, SourceLoc, const, map_args, ref, refs
 from .ops import EFFECTFUL, HOOKED, Op
+from .session import SessionGraph, TraceRef
 
 __all__ = [
     "EFFECTFUL",
@@ -45,10 +46,12 @@ __all__ = [
     "Op",
     "OutOfOrderError",
     "Ref",
+    "SessionGraph",
     "SourceLoc",
     "StepsSkippedWarning",
     "TraceCaptureError",
     "TraceLayoutError",
+    "TraceRef",
     "UnsavedValueError",
     "ValidationError",
     "WireFormatError",

@@ -54,14 +54,27 @@ class Omitted:
 
 def dumps_results(saved: dict[int, Any], level: int = 3) -> bytes:
     """The saved values (node id -> value) as one zstd-compressed payload."""
-    import zstandard
-
     tensors: dict[str, Any] = {}
     encoder = _Encoder(tensors)
-    manifest = {
-        "results_version": RESULTS_VERSION,
-        "values": {str(id): encoder.value(value, f"%{id}", 0) for id, value in saved.items()},
-    }
+    manifest = {"results_version": RESULTS_VERSION, "values": _encode_values(encoder, saved)}
+    return _pack(manifest, tensors, level)
+
+
+def dumps_session_results(saved: list[dict[int, Any]], level: int = 3) -> bytes:
+    """The saved values of each trace of a session, in trace order, as one payload."""
+    tensors: dict[str, Any] = {}
+    encoder = _Encoder(tensors)
+    traces = [_encode_values(encoder, values) for values in saved]
+    return _pack({"results_version": RESULTS_VERSION, "traces": traces}, tensors, level)
+
+
+def _encode_values(encoder: _Encoder, saved: dict[int, Any]) -> dict[str, Any]:
+    return {str(id): encoder.value(value, f"%{id}", 0) for id, value in saved.items()}
+
+
+def _pack(manifest: dict[str, Any], tensors: dict[str, Any], level: int) -> bytes:
+    import zstandard
+
     header = json.dumps(manifest, ensure_ascii=False, allow_nan=False).encode("utf-8")
     blob = _save_tensors(tensors)
     container = MAGIC + len(header).to_bytes(_LENGTH_BYTES, "little") + header + blob
@@ -71,6 +84,28 @@ def dumps_results(saved: dict[int, Any], level: int = 3) -> bytes:
 
 def loads_results(data: bytes, limits: Limits = LOCAL) -> dict[int, Any]:
     """The saved values in a payload made by dumps_results (WireFormatError when malformed)."""
+    manifest, decoder = _unpack(data, limits)
+    values = manifest.get("values")
+    if not isinstance(values, dict):
+        raise WireFormatError(
+            "the results' manifest has no values (a session's results are read with "
+            "loads_session_results)"
+        )
+    return _decode_values(decoder, values)
+
+
+def loads_session_results(data: bytes, limits: Limits = LOCAL) -> list[dict[int, Any]]:
+    """Each trace's saved values in a payload made by dumps_session_results."""
+    manifest, decoder = _unpack(data, limits)
+    traces = manifest.get("traces")
+    if not isinstance(traces, list) or not all(isinstance(t, dict) for t in traces):
+        raise WireFormatError(
+            "the results' manifest has no traces (one graph's results are read with loads_results)"
+        )
+    return [_decode_values(decoder, values) for values in traces]
+
+
+def _unpack(data: bytes, limits: Limits) -> tuple[dict[str, Any], _Decoder]:
     container = _decompress(data, limits.decompressed_bytes)
     header, blob = _split(container, limits.header_bytes, MAGIC)
     try:
@@ -83,10 +118,10 @@ def loads_results(data: bytes, limits: Limits = LOCAL) -> dict[int, Any]:
             f"the results have version {version!r}, but this nnsight_graph reads version "
             f"{RESULTS_VERSION}; use the same nnsight_graph version on the client and server"
         )
-    values = manifest.get("values")
-    if not isinstance(values, dict):
-        raise WireFormatError("the results' manifest has no values")
-    decoder = _Decoder(_load_tensors(blob))
+    return manifest, _Decoder(_load_tensors(blob))
+
+
+def _decode_values(decoder: _Decoder, values: dict[str, Any]) -> dict[int, Any]:
     saved = {}
     for key, value in values.items():
         if not key.isdigit():

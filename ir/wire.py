@@ -5,9 +5,12 @@ A payload is one zstd frame (content size declared, checksummed) that holds a co
     b"NNGRAPH1" | header length (8 bytes, little-endian) | JSON header | safetensors blob
 
 The header is a `GraphModel` (ir.wire_schema) as UTF-8 JSON. Tensor constants live in the
-safetensors blob under the names "c<index>". Loading never unpickles, imports or calls anything
-named by the payload: every value is rebuilt from the schema's closed set of types, and bad input
-raises WireFormatError.
+safetensors blob under the names "c<index>". A session payload (dumps_session) has the same
+container; its header is a `SessionModel` (each trace's graph, tensors named
+"t<trace>.c<index>", TraceRef constants for values of earlier traces).
+
+Loading never unpickles, imports or calls anything named by the payload: every value is
+rebuilt from the schema's closed set of types, and bad input raises WireFormatError.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from .graph import Graph, Invoke
 from .limits import LOCAL, Limits
 from .node import Const, Node, Ref, SourceLoc
 from .ops import Op
+from .session import SessionGraph, TraceRef
 from .wire_schema import (
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     BoolArg,
     BytesArg,
@@ -43,10 +48,12 @@ from .wire_schema import (
     NodeModel,
     NoneArg,
     RefArg,
+    SessionModel,
     SizeConstant,
     SliceArg,
     StrArg,
     TensorConstant,
+    TraceRefConstant,
     TupleArg,
     UnsetArg,
     json_schema,
@@ -65,10 +72,15 @@ __all__ = [
     "MAX_HEADER_SIZE",
     "SCHEMA_VERSION",
     "GraphModel",
+    "SessionModel",
     "dumps",
+    "dumps_session",
+    "is_session_payload",
     "json_schema",
     "load",
     "loads",
+    "loads_any",
+    "loads_session",
     "save",
 ]
 
@@ -82,22 +94,51 @@ def dumps(graph: Graph, level: int = 3) -> bytes:
     Raises WireFormatError for a value with no wire form (a constant that is not a tensor,
     dtype, device, size or primitive; a dict key that is not a str).
     """
-    import zstandard
-
     tensors: dict[str, Any] = {}
+    header = _header(lambda: {"schema_version": SCHEMA_VERSION, **_graph_header(graph, tensors)})
+    return _pack(header, tensors, level)
+
+
+def dumps_session(session: SessionGraph, level: int = 3) -> bytes:
+    """A session's traces as one zstd-compressed payload (refused, WireFormatError, when a
+    TraceRef does not name a saved node of an earlier trace)."""
+    session.check_refs()
+    tensors: dict[str, Any] = {}
+
+    def build() -> dict[str, Any]:
+        traces = [
+            {
+                "graph": _graph_header(graph, tensors, f"t{index}.", sessions=True),
+                "keep": sorted(keep),
+            }
+            for index, (graph, keep) in enumerate(zip(session.traces, session.keep, strict=True))
+        ]
+        return {"schema_version": SCHEMA_VERSION, "kind": "session", "traces": traces}
+
+    return _pack(_header(build), tensors, level)
+
+
+def _graph_header(
+    graph: Graph, tensors: dict[str, Any], prefix: str = "", sessions: bool = False
+) -> dict[str, Any]:
+    constants = [
+        _encode_constant(c, i, tensors, prefix, sessions) for i, c in enumerate(graph.constants)
+    ]
+    return {
+        "nodes": [_encode_node(node) for node in graph.nodes],
+        "constants": constants,
+        "invokes": [_encode_invoke(invoke) for invoke in graph.invokes],
+        "optional": sorted(graph.optional),
+        "method": graph.method,
+        "options": {
+            _key(k, "options"): _encode_arg(v, "options") for k, v in graph.options.items()
+        },
+    }
+
+
+def _header(build: Any) -> bytes:
     try:
-        header = {
-            "schema_version": SCHEMA_VERSION,
-            "nodes": [_encode_node(node) for node in graph.nodes],
-            "constants": [_encode_constant(c, i, tensors) for i, c in enumerate(graph.constants)],
-            "invokes": [_encode_invoke(invoke) for invoke in graph.invokes],
-            "optional": sorted(graph.optional),
-            "method": graph.method,
-            "options": {
-                _key(k, "options"): _encode_arg(v, "options") for k, v in graph.options.items()
-            },
-        }
-        text = json.dumps(header, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(build(), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         header_bytes = text.encode("utf-8")
     except RecursionError as e:
         raise WireFormatError("a graph argument is nested too deeply to serialize") from e
@@ -110,6 +151,12 @@ def dumps(graph: Graph, level: int = 3) -> bytes:
             f"the graph's header is {len(header_bytes)} bytes, more than the {MAX_HEADER_SIZE} a "
             "payload may hold; record fewer nodes (fewer steps, or several traces)"
         )
+    return header_bytes
+
+
+def _pack(header_bytes: bytes, tensors: dict[str, Any], level: int) -> bytes:
+    import zstandard
+
     blob = _save_tensors(tensors)
     container = MAGIC + len(header_bytes).to_bytes(_LENGTH_BYTES, "little") + header_bytes + blob
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
@@ -225,11 +272,20 @@ def _encode_number(value: float) -> float | str:
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
-def _encode_constant(value: Any, index: int, tensors: dict[str, Any]) -> dict[str, Any]:
+def _encode_constant(
+    value: Any, index: int, tensors: dict[str, Any], prefix: str = "", sessions: bool = False
+) -> dict[str, Any]:
     import torch
 
+    if type(value) is TraceRef:
+        if not sessions:
+            raise WireFormatError(
+                f"constant $c{index} is a value of another trace of a session; send the whole "
+                "session (ir.wire.dumps_session), not one of its traces"
+            )
+        return {"kind": "trace_ref", "trace": value.trace, "node": value.node}
     if isinstance(value, torch.Tensor):
-        name = f"c{index}"
+        name = f"{prefix}c{index}"
         tensors[name] = value
         return {"kind": "tensor", "name": name, "requires_grad": bool(value.requires_grad)}
     if isinstance(value, torch.dtype):
@@ -287,11 +343,59 @@ def loads(data: bytes, max_size: int | None = None, limits: Limits = LOCAL) -> G
     WireFormatError for anything that is not a well-formed payload of this schema version.
     The graph is marked untrusted: it runs only what the registry (ir.registry) allows.
     """
+    model, tensors = _read(data, max_size, limits)
+    if isinstance(model, SessionModel):
+        raise WireFormatError(
+            "the payload is a session (several traces), not one graph: read it with "
+            "ir.wire.loads_session, or ir.wire.loads_any for either kind"
+        )
+    return _Decoder(model, tensors, limits).graph()
+
+
+def loads_session(data: bytes, max_size: int | None = None, limits: Limits = LOCAL) -> SessionGraph:
+    """The session in a payload made by dumps_session(), within `limits` per trace (and at
+    most `limits.invokes` traces); its TraceRefs name saved nodes of earlier traces only."""
+    session = loads_any(data, max_size, limits)
+    if not isinstance(session, SessionGraph):
+        raise WireFormatError("the payload is one graph, not a session: read it with ir.wire.loads")
+    return session
+
+
+def loads_any(
+    data: bytes, max_size: int | None = None, limits: Limits = LOCAL
+) -> Graph | SessionGraph:
+    """The graph or the session in a payload (what a server reads: either kind)."""
+    model, tensors = _read(data, max_size, limits)
+    if isinstance(model, GraphModel):
+        return _Decoder(model, tensors, limits).graph()
+    traces: list[Graph] = []
+    keep: list[frozenset[int]] = []
+    for index, trace in enumerate(model.traces):
+        prefix = f"t{index}."
+        own = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+        traces.append(_Decoder(trace.graph, own, limits, sessions=True).graph())
+        keep.append(frozenset(trace.keep))
+    named = {k for k in tensors if not any(k.startswith(f"t{i}.") for i in range(len(traces)))}
+    if named:
+        raise WireFormatError(f"the session's tensor data holds unknown tensors {sorted(named)}")
+    session = SessionGraph(traces, keep)
+    session.check_refs()
+    return session
+
+
+def is_session_payload(data: bytes, limits: Limits = LOCAL) -> bool:
+    """Whether a payload holds a session (reads and validates its header)."""
+    return isinstance(_read(data, None, limits)[0], SessionModel)
+
+
+def _read(
+    data: bytes, max_size: int | None, limits: Limits
+) -> tuple[GraphModel | SessionModel, dict[str, Any]]:
     bound = limits.decompressed_bytes if max_size is None else max_size
     container = _decompress(data, bound)
     header, blob = _split(container, limits.header_bytes)
     model = _validate(header, limits)
-    return _Decoder(model, _load_tensors(blob), limits).graph()
+    return model, _load_tensors(blob)
 
 
 def load(path: str | Path, max_size: int | None = None, limits: Limits = LOCAL) -> Graph:
@@ -348,7 +452,7 @@ def _split(container: bytes, max_header: int, magic: bytes = MAGIC) -> tuple[byt
     return container[start : start + length], container[start + length :]
 
 
-def _validate(header: bytes, limits: Limits) -> GraphModel:
+def _validate(header: bytes, limits: Limits) -> GraphModel | SessionModel:
     import pydantic
     import pydantic_core
 
@@ -361,23 +465,44 @@ def _validate(header: bytes, limits: Limits) -> GraphModel:
     version = data.get("schema_version")
     if type(version) is not int:
         raise WireFormatError("the payload's header has no integer schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = "; upgrade nnsight_graph to read it" if version > SCHEMA_VERSION else ""
         raise WireFormatError(
-            f"the payload has schema version {version}, but this nnsight_graph reads version "
-            f"{SCHEMA_VERSION}{newer}"
+            f"the payload has schema version {version}, but this nnsight_graph reads versions "
+            f"{sorted(READABLE_VERSIONS)}{newer}"
         )
-    for field, limit in (
-        ("nodes", limits.nodes),
-        ("constants", limits.constants),
-        ("invokes", limits.invokes),
-    ):
-        items = data.get(field)
-        if isinstance(items, list) and len(items) > limit:
-            raise WireFormatError(
-                f"the payload has {len(items)} {field}, more than the limit of {limit}"
-            )
+    session = data.get("kind") == "session"
+    if session and version < 2:
+        raise WireFormatError(
+            f"the payload is a session of schema version {version}; sessions start at version 2 "
+            "(write it again with this nnsight_graph)"
+        )
+    graphs: list[Any] = [data]
+    if session:
+        traces = data.get("traces")
+        if isinstance(traces, list):
+            if len(traces) > limits.invokes:
+                raise WireFormatError(
+                    f"the session has {len(traces)} traces, more than the limit of {limits.invokes}"
+                )
+            graphs = [t.get("graph") if isinstance(t, dict) else None for t in traces]
+    for graph in graphs:
+        if not isinstance(graph, dict):
+            continue
+        for field, limit in (
+            ("nodes", limits.nodes),
+            ("constants", limits.constants),
+            ("invokes", limits.invokes),
+        ):
+            items = graph.get(field)
+            if isinstance(items, list) and len(items) > limit:
+                raise WireFormatError(
+                    f"the payload has {len(items)} {field}, more than the limit of {limit}"
+                )
     try:
+        if session:
+            return SessionModel.model_validate(data)
+        data = {**data, "schema_version": SCHEMA_VERSION}  # version 1 graphs read as version 2
         return GraphModel.model_validate(data)
     except pydantic.ValidationError as e:
         raise WireFormatError(f"the payload does not match the graph schema: {e}") from e
@@ -398,7 +523,10 @@ def _load_tensors(blob: bytes) -> dict[str, Any]:
 class _Decoder:
     """Rebuilds a Graph from a validated model, checking what the schema alone cannot."""
 
-    def __init__(self, model: GraphModel, tensors: dict[str, Any], limits: Limits) -> None:
+    def __init__(
+        self, model: GraphModel, tensors: dict[str, Any], limits: Limits, sessions: bool = False
+    ) -> None:
+        self.sessions = sessions  # a trace of a session: TraceRef constants are allowed
         self.model = model
         self.tensors = tensors
         self.limits = limits
@@ -535,6 +663,13 @@ class _Decoder:
                     raise WireFormatError(f"constant $c{index}: bad device {model.name!r}") from e
             case SizeConstant():
                 return torch.Size(model.dims)
+            case TraceRefConstant():
+                if not self.sessions:
+                    raise WireFormatError(
+                        f"constant $c{index} refers to another trace; only a session payload "
+                        "may hold such references"
+                    )
+                return TraceRef(model.trace, model.node)
             case StrArg() | BytesArg():
                 return self.text(model, f"constant $c{index}")
             case _:

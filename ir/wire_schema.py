@@ -14,10 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from .node import MAX_SOURCE_TEXT
 from .ops import Op
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added session payloads (SessionModel) and the trace_ref constant; a version 1 payload
+(a graph) is still read."""
+READABLE_VERSIONS = frozenset({1, 2})
 
 __all__ = [
+    "READABLE_VERSIONS",
     "SCHEMA_VERSION",
+    "SessionModel",
+    "SessionTraceModel",
+    "TraceRefConstant",
     "Arg",
     "BoolArg",
     "BytesArg",
@@ -44,6 +51,7 @@ __all__ = [
     "TupleArg",
     "UnsetArg",
     "json_schema",
+    "session_json_schema",
 ]
 
 
@@ -174,8 +182,17 @@ class SizeConstant(_Model):
     dims: list[Count]
 
 
+class TraceRefConstant(_Model):
+    """The value of node `node` of an earlier trace `trace` of the same session (session
+    payloads only)."""
+
+    kind: Literal["trace_ref"]
+    trace: Count
+    node: Count
+
+
 Constant = Annotated[
-    TensorConstant | DtypeConstant | DeviceConstant | SizeConstant | Primitive,
+    TensorConstant | DtypeConstant | DeviceConstant | SizeConstant | TraceRefConstant | Primitive,
     Field(discriminator="kind"),
 ]
 
@@ -223,10 +240,41 @@ class GraphModel(_Model):
     options: dict[str, Arg] = {}
 
 
-for _model in (SliceArg, TupleArg, ListArg, DictArg, NodeModel, InvokeModel, GraphModel):
+class SessionTraceModel(_Model):
+    """One trace of a session: its graph, and the saved nodes kept only for later traces
+    (a server does not send those back)."""
+
+    graph: GraphModel
+    keep: list[Count] = []
+
+
+class SessionModel(_Model):
+    """A whole session: its traces in the order they run (what a session payload holds)."""
+
+    schema_version: StrictInt = SCHEMA_VERSION
+    kind: Literal["session"]
+    traces: list[SessionTraceModel]
+
+
+for _model in (
+    SliceArg,
+    TupleArg,
+    ListArg,
+    DictArg,
+    NodeModel,
+    InvokeModel,
+    GraphModel,
+    SessionTraceModel,
+    SessionModel,
+):
     _model.model_rebuild()
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON schema of a payload's header (pydantic's schema of GraphModel)."""
+    """The JSON schema of a graph payload's header (pydantic's schema of GraphModel)."""
     return GraphModel.model_json_schema()
+
+
+def session_json_schema() -> dict[str, Any]:
+    """The JSON schema of a session payload's header (pydantic's schema of SessionModel)."""
+    return SessionModel.model_json_schema()

@@ -90,15 +90,18 @@ class NNsight(Envoy):
         """A tracing context: `with model.trace(input) as tracer:`. The model runs on exit."""
         return Tracer(self, args, kwargs)
 
-    def session(self, remote: bool = False) -> Session:
+    def session(self, remote: bool | str = False) -> Session:
         """Group traces: `with model.session():` runs them in order when the block ends, and
-        a later trace can use any value of an earlier one."""
-        if remote:
-            raise NNsightError(
-                "a session with remote=True (one job for all its traces) is not built yet: run "
-                "the session locally (leave out remote=True), or give each trace remote=True"
-            )
-        return Session(self)
+        a later trace can use any value of an earlier one.
+
+        `remote=True` (or `remote="http://host:port"`) sends all the traces to the server as
+        one job; only values saved with `.save()` come back. `remote="local"` takes that
+        whole path (session.session_payload, remote.execution.run_payload,
+        session.bind_session_results) in this process.
+        """
+        from .tracer import remote_mode  # the tracer module imports this one
+
+        return Session(self, remote_mode(remote, "session") if remote else None)
 
     def edit(self, *, inplace: bool = False) -> Tracer:
         """Record interventions that every later trace applies first.

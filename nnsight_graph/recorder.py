@@ -12,7 +12,19 @@ from typing import Any
 
 import torch
 
-from .ir import Const, Graph, GraphBuildError, Invoke, Node, Op, Ref, SourceLoc, const, ref
+from .ir import (
+    Const,
+    Graph,
+    GraphBuildError,
+    Invoke,
+    Node,
+    Op,
+    Ref,
+    SourceLoc,
+    TraceRef,
+    const,
+    ref,
+)
 from .ir.errors import InvokeError
 from .ir.functions import UNSET
 from .ir.node import MAX_SOURCE_TEXT
@@ -70,20 +82,6 @@ def user_location(skip: int = 0) -> SourceLoc | None:
     return None
 
 
-class SessionValue:
-    """A constant standing for a value of an earlier trace in the same session."""
-
-    def __init__(self, recorder: Recorder, node: int) -> None:
-        self.recorder = recorder
-        self.node = node
-
-    def value(self) -> Any:
-        results = self.recorder.results
-        if results is None or self.node not in results:
-            raise GraphBuildError("a value from an earlier trace of the session was not computed")
-        return results[self.node]
-
-
 class Recorder:
     """Appends Nodes for the operations a trace body performs on Proxies."""
 
@@ -105,6 +103,9 @@ class Recorder:
         self.barriers: list[Any] = []
         self.results: dict[int, Any] | None = None  # saved values, once the trace has run
         self.session: Any = None  # the model.session() this trace belongs to, if any
+        self.trace_index = 0  # its position among the session's traces
+        # saved only because a later trace of the session uses them (a server keeps them)
+        self.kept: set[int] = set()
         self.optional_from: int | None = None  # steps from here on may never happen (EOS)
         self.saved_ids: set[int] = set()
         self._constant_index: dict[int, int] = {}
@@ -175,8 +176,8 @@ class Recorder:
                         ".save() and use the saved value, or group the traces in "
                         "model.session()"
                     )
-                other.save(value)  # the earlier trace keeps it for this one
-                return self.constant(SessionValue(other, value._nn_node()))
+                other.keep_for_later(value)  # the earlier trace keeps it for this one
+                return self.constant(TraceRef(other.trace_index, value._nn_node()))
             return ref(value._nn_node())
         if kind in _PRIMITIVE_TYPES or kind is Ref:
             return value
@@ -210,12 +211,23 @@ class Recorder:
         """Keep the proxy's value after the run."""
         node = proxy._nn_node()
         if node in self.saved_ids:
+            if self.kept:
+                self.kept.discard(node)  # the user wants it too
             return
         self.saved_ids.add(node)
         if proxy._nn_recorder is self:
             self.append(_SAVE, "", (ref(node),), NO_KWARGS)
         else:  # another trace's value: encoding says whether this trace may use it
             self.add(_SAVE, "", (proxy,))
+
+    def keep_for_later(self, proxy: Proxy) -> None:
+        """Keep the proxy's value for a later trace of the session (not for the user)."""
+        node = proxy._nn_node()
+        if node in self.saved_ids:
+            return
+        self.saved_ids.add(node)
+        self.kept.add(node)
+        self.append(_SAVE, "", (ref(node),), NO_KWARGS)
 
     def keep_container(self, container: Any) -> None:
         """Resolve a saved list, dict, ... after the run (and save the Proxies inside it)."""

@@ -12,6 +12,7 @@ from .cache import CacheView, cache_kinds, cache_options, cache_paths, new_cache
 from .config import CONFIG, host_url
 from .extras import Barrier
 from .ir import Graph, GraphBuildError, InvokeError, NNsightError, Op
+from .ir.session import resolve as resolve_trace_refs
 from .proxy import Proxy
 from .recorder import _STATE, Recorder, active, recording, user_location
 from .steps import IterIndexer, StepRange, is_steps
@@ -71,7 +72,7 @@ class Tracer(capture.CapturedBlock):
             remote = kwargs.pop("remote", False)
             self.blocking = kwargs.pop("blocking", True)
             if remote:
-                self.remote = _remote_mode(remote, method)
+                self.remote = remote_mode(remote, method)
             if not self.blocking and self.remote in (None, "local"):
                 raise NNsightError(
                     "blocking=False is for traces that run on a server: add remote=True "
@@ -235,6 +236,8 @@ class Tracer(capture.CapturedBlock):
         self._session = session.current()
         recorder = Recorder(self.model._root)
         recorder.session = self._session
+        assert self._session is not None
+        recorder.trace_index = len(self._session.traces)
         self._recorder = recorder
         self._recording = recording(recorder)
         self._recording.__enter__()
@@ -256,17 +259,23 @@ class Tracer(capture.CapturedBlock):
         self._session.traces.append(self)
         return stopped
 
-    def _run_in_session(self) -> None:
-        """Run this trace of a session (after the traces before it)."""
+    def _run_in_session(self, earlier: list[dict[int, Any]]) -> dict[int, Any]:
+        """Run this trace of a session, given the saved values of the traces before it."""
         from dataclasses import replace
 
         recorder = self._recorder
         assert recorder is not None and self.graph is not None
-        graph = replace(self.graph, constants=session.resolve_session_values(self.graph.constants))
         if self.method == "edit":
             raise GraphBuildError("model.edit() cannot be used inside a session")
+        graph = replace(self.graph, constants=resolve_trace_refs(self.graph, earlier))
         saved = self.model._execute(graph, recorder.total_rows) if graph.invokes else {}
         _deliver(recorder, saved)
+        return saved
+
+    def _deliver_session_values(self, saved: dict[int, Any]) -> None:
+        """Hand this session trace the saved values a remote run sent back."""
+        assert self._recorder is not None
+        _deliver(self._recorder, saved)
 
     # recording and running ----------------------------------------------------------------
 
@@ -368,20 +377,16 @@ class ResultProxy(Proxy):
 _REMOTE_METHODS = frozenset({"trace", "generate"})
 
 
-def _remote_mode(remote: Any, method: str) -> str:
-    """What `remote=` asks for: "local" runs the whole remote path in this process."""
-    if remote == "local":
-        if method not in _REMOTE_METHODS:
-            raise NNsightError(
-                f"{method}() runs on this machine only (a scan needs no weights; an edit "
-                "changes this process's model): leave out remote="
-            )
-        return "local"
-    if method not in _REMOTE_METHODS:
+def remote_mode(remote: Any, method: str) -> str:
+    """What `remote=` asks for on `method` ("trace", "generate", "session", ...): a server's
+    URL, or "local" to run the whole remote path in this process."""
+    if method not in _REMOTE_METHODS and method != "session":
         raise NNsightError(
             f"{method}() runs on this machine only (a scan needs no weights; an edit changes "
             "this process's model): leave out remote="
         )
+    if remote == "local":
+        return "local"
     if remote is True:
         return host_url()
     if isinstance(remote, str) and re.match(r"^https?://[^/\s]+/?$", remote):

@@ -292,16 +292,21 @@ class Job:
                 status = event["status"]
         return str(status) if status is not None else self.status()
 
+    def payload(self, timeout: float | None = None) -> bytes:
+        """The job's results payload as the server wrote it (ir.results), once the job
+        completed; its error, raised, if not."""
+        status = self.wait(timeout)
+        if status == "ERROR":
+            error = self.client.job(self.id).get("error") or {}
+            raise rebuild_error(error, self.id)
+        if status == "CANCELLED":
+            raise JobCancelledError(f"job {self.id} was cancelled, so it has no result")
+        return self.client.result(self.id)
+
     def saved(self, timeout: float | None = None) -> dict[int, Any]:
         """The saved values by node id, once the job completed; its error, raised, if not."""
         if self._saved is None:
-            status = self.wait(timeout)
-            if status == "ERROR":
-                error = self.client.job(self.id).get("error") or {}
-                raise rebuild_error(error, self.id)
-            if status == "CANCELLED":
-                raise JobCancelledError(f"job {self.id} was cancelled, so it has no result")
-            self._saved = loads_results(self.client.result(self.id))
+            self._saved = loads_results(self.payload(timeout))
         return self._saved
 
     def result(self, timeout: float | None = None) -> dict[Any, Any]:

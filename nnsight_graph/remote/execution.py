@@ -7,12 +7,14 @@ in-process path proves exactly what a server runs.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from ..ir.graph import Graph
 from ..ir.limits import SERVER, Limits
-from ..ir.results import dumps_results
-from ..ir.wire import loads
+from ..ir.results import dumps_results, dumps_session_results
+from ..ir.session import SessionGraph, TraceRef, resolve
+from ..ir.wire import loads_any
 from ..passes.trust import check_untrusted
 
 if TYPE_CHECKING:
@@ -24,27 +26,65 @@ def rows_of(graph: Graph) -> int:
     return max((inv.stop or 0 for inv in graph.invokes), default=0)
 
 
-def check_payload(payload: bytes, module_paths: Collection[str], limits: Limits = SERVER) -> Graph:
-    """The graph in a wire payload, refused (an NNsightError naming why) unless it reads
-    within `limits` and uses only what ir.registry allows and modules in `module_paths`.
+def check_payload(
+    payload: bytes, module_paths: Collection[str], limits: Limits = SERVER
+) -> Graph | SessionGraph:
+    """The graph (or session) in a wire payload, refused (an NNsightError naming why) unless
+    it reads within `limits` and uses only what ir.registry allows and modules in
+    `module_paths` (each trace of a session is checked so).
 
     What a server runs on submit, before a job is queued; the worker checks again when it
     runs the payload (so a payload is never run unchecked).
     """
-    graph = loads(payload, limits=limits)
-    check_untrusted(graph, module_paths, limits)
-    return graph
+    job = loads_any(payload, limits=limits)
+    for graph in job.traces if isinstance(job, SessionGraph) else [job]:
+        check_untrusted(graph, module_paths, limits)
+    return job
 
 
 def run_payload(model: NNsight, payload: bytes, limits: Limits = SERVER) -> bytes:
     """Run a wire payload on `model` under `limits`; the saved values as a results payload.
 
+    A graph payload gives a dumps_results payload; a session payload runs its traces in order
+    and gives a dumps_session_results payload (per trace, only the values its user saved:
+    values kept for later traces stay here, and are dropped after their last use).
+
     The graph is untrusted (it runs only what ir.registry allows). The sender already merged
     its model's edits into it, so the server model's own edits are not applied.
     """
-    graph = loads(payload, limits=limits)
-    saved = model._execute(graph, rows_of(graph), None, limits, edits=False)
-    return dumps_results(saved)
+    job = loads_any(payload, limits=limits)
+    if isinstance(job, SessionGraph):
+        return dumps_session_results(run_session(model, job, limits))
+    return dumps_results(run_graph(model, job, limits))
 
 
-__all__ = ["check_payload", "rows_of", "run_payload"]
+def run_graph(model: NNsight, graph: Graph, limits: Limits = SERVER) -> dict[int, Any]:
+    """One untrusted graph's saved values (what run_payload does with a graph payload)."""
+    return model._execute(graph, rows_of(graph), None, limits, edits=False)
+
+
+def run_session(
+    model: NNsight, session: SessionGraph, limits: Limits = SERVER
+) -> list[dict[int, Any]]:
+    """Run a session's untrusted traces in order; each trace's user-saved values.
+
+    A later trace's TraceRef constants are filled in from the values of earlier traces; a
+    value kept only for later traces is dropped once its last user has run, and never
+    returned. (A per-run option of run_payload is passed on to run_graph here too.)
+    """
+    last_use = session.last_uses()
+    computed: list[dict[int, Any]] = []
+    returned: list[dict[int, Any]] = []
+    for index, graph in enumerate(session.traces):
+        graph = replace(graph, constants=resolve(graph, computed))
+        saved = run_graph(model, graph, limits) if graph.invokes else {}
+        keep = session.keep[index]
+        returned.append({k: v for k, v in saved.items() if k not in keep})
+        computed.append({k: v for k, v in saved.items() if TraceRef(index, k) in last_use})
+        for ref, last in last_use.items():
+            if last == index:
+                computed[ref.trace].pop(ref.node, None)
+    return returned
+
+
+__all__ = ["check_payload", "rows_of", "run_graph", "run_payload", "run_session"]

@@ -41,9 +41,9 @@ def test_values_outside_a_session_still_need_save(llm):
             llm.transformer.h[0].output[:] = hs
 
 
-def test_remote_says_it_is_not_available(llm):
+def test_a_bad_remote_value_says_what_to_write(llm):
     with pytest.raises(nnsight.NNsightError, match="remote=True"):
-        llm.session(remote=True)
+        llm.session(remote="nowhere")
 
 
 def test_session_matches_separate_runs(llm):

@@ -165,3 +165,27 @@ def test_cancel_stops_a_running_job_and_the_next_job_runs(alice, tiny):
     values = after.job.result(timeout=120)
     assert tiny.tokenizer.decode(values["logits"][0, -1].argmax()) == " Paris"
     del logits
+
+
+def test_a_remote_session_is_one_job_whose_traces_share_values(alice, tiny):
+    """Walkthrough section 9's session cell: the second trace uses the first's hidden state
+    without .save(), and only the saved values come back."""
+    with tiny.session() as session:
+        with tiny.trace(PROMPT):
+            hs = tiny.transformer.h[2].output[:, -1, :]
+            local_t1 = tiny.lm_head.output.argmax(dim=-1).save()
+        with tiny.trace("Buckingham Palace is in the city of"):
+            tiny.transformer.h[1].output[:, -1, :] = hs
+            local_t2 = tiny.lm_head.output.argmax(dim=-1).save()
+    with tiny.session(remote=True) as session:
+        with tiny.trace(PROMPT):
+            hs = tiny.transformer.h[2].output[:, -1, :]
+            t1 = tiny.lm_head.output.argmax(dim=-1).save()
+        with tiny.trace("Buckingham Palace is in the city of"):
+            tiny.transformer.h[1].output[:, -1, :] = hs
+            t2 = tiny.lm_head.output.argmax(dim=-1).save()
+    assert torch.equal(t1, local_t1) and torch.equal(t2, local_t2)
+    assert session.job is not None and session.job.status() == "COMPLETED"
+    assert tiny.tokenizer.decode(t1[0, -1]) == " Paris"
+    with pytest.raises(nnsight.UnsavedValueError):
+        hs.shape  # kept on the server for the second trace, never sent back
