@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -28,6 +30,32 @@ class LimitError(ExecutionError):
     """An untrusted graph's node would go past a bound of its run (size, time)."""
 
 
+class RunCancelled(ExecutionError):
+    """The run was asked to stop (its job was cancelled): raised at the next node."""
+
+
+_CANCELLED: ContextVar[Callable[[], bool] | None] = ContextVar("cancelled", default=None)
+_CANCEL_CHECK_S = 0.01  # how often a run asks whether it was cancelled
+
+
+@contextmanager
+def cancellable(cancelled: Callable[[], bool]) -> Iterator[None]:
+    """Untrusted runs in this block stop at their next node once `cancelled()` is true (a
+    server's worker passes its job's cancel flag)."""
+    token = _CANCELLED.set(cancelled)
+    try:
+        yield
+    finally:
+        _CANCELLED.reset(token)
+
+
+def check_cancelled() -> None:
+    """Raise RunCancelled if the run in progress was asked to stop."""
+    cancelled = _CANCELLED.get()
+    if cancelled is not None and cancelled():
+        raise RunCancelled("the job was cancelled while it ran")
+
+
 class Guard:
     """The run-time checks of one run of an untrusted graph."""
 
@@ -36,17 +64,17 @@ class Guard:
         self.items = limits.python_items
         seconds = limits.deadline_s
         self.seconds = seconds
-        self.deadline = None if seconds is None else time.monotonic() + seconds
+        now = time.monotonic()
+        self.deadline = None if seconds is None else now + seconds
+        self.cancelled = _CANCELLED.get()
+        self.next_cancel_check = now
 
     def apply(
         self, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], saved: dict[int, Any]
     ) -> Any:
         """Run one node as `backends.apply` does, after checking what it may do."""
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise LimitError(
-                f"the run went past its deadline of {self.seconds:g} s; make the graph "
-                "smaller (fewer nodes or steps) or ask for a longer deadline"
-            )
+        if self.deadline is not None or self.cancelled is not None:
+            self.check_time()
         op = node.op
         if op is Op.CALL:
             function = allowed_function(node.target)
@@ -60,6 +88,19 @@ class Guard:
         if op is Op.GETATTR:
             check_attribute(args[0], node.target)
         return apply(node, args, kwargs, saved)
+
+    def check_time(self) -> None:
+        """Stop the run past its deadline, or (every few ms) once it was cancelled."""
+        now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise LimitError(
+                f"the run went past its deadline of {self.seconds:g} s; make the graph "
+                "smaller (fewer nodes or steps) or ask for a longer deadline"
+            )
+        if self.cancelled is not None and now >= self.next_cancel_check:
+            self.next_cancel_check = now + _CANCEL_CHECK_S
+            if self.cancelled():
+                raise RunCancelled("the job was cancelled while it ran")
 
     # sizes -------------------------------------------------------------------------------
 

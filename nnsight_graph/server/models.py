@@ -56,8 +56,8 @@ class HostedModel:
         self._stop_worker()
 
     def cancel(self, job: str) -> None:
-        """Stop the running job `job`: its worker is stopped (after the grace period for the
-        job to end by itself) and started again."""
+        """Stop the running job `job`: the worker stops it at its next node or generation
+        step; a worker that does not within the grace period is killed and started again."""
         if self.running == job:
             self.cancelling = job
             self.wake.set()
@@ -70,6 +70,7 @@ class HostedModel:
             "tokenizer": bool(self.tokenizer_files),
             "state": self.state,
             "queue_depth": self.store.queue_depth(self.name),
+            "restarts": self.restarts,
             "limits": {"deadline_s": self.limits.deadline_s, "nodes": self.limits.nodes,
                        "decompressed_bytes": self.limits.decompressed_bytes},
             "error": self.error,
@@ -79,9 +80,11 @@ class HostedModel:
 
     def _start_worker(self) -> bool:
         self.inbox, self.outbox = self.context.Queue(), self.context.Queue()
+        self.cancel_flag = self.context.Event()
         self.process = self.context.Process(
             target=worker.main, name=f"nnsight-graph-worker-{self.name}", daemon=True,
-            args=(self.spec, self.device, self.dtype, self.limits, self.inbox, self.outbox),
+            args=(self.spec, self.device, self.dtype, self.limits, self.inbox, self.outbox,
+                  self.cancel_flag),
         )
         self.process.start()
         while not self.stopping:
@@ -138,6 +141,7 @@ class HostedModel:
     def _run(self, job: str) -> bool:
         """Run one job on the worker; False when the worker had to be stopped."""
         result = self.store.result_path(job)
+        self.cancel_flag.clear()  # the last job ended: a flag it left set is not this job's
         self.inbox.put(("run", job, str(self.store.payload_path(job)), str(result)))
         deadline = None if self.limits.deadline_s is None else (
             time.monotonic() + self.limits.deadline_s + self.cancel_grace_s)
@@ -152,6 +156,12 @@ class HostedModel:
                 if kind == "log":
                     self.store.event(job, {"type": "LOG", "text": message[2]})
                     continue
+                if kind == "step":
+                    self.store.progress(job, message[2], message[3])
+                    continue
+                if kind == "cancelled":
+                    self.store.set_status(job, "CANCELLED")
+                    return True
                 if kind == "done":
                     self.store.set_status(job, "COMPLETED")
                     return True
@@ -160,8 +170,9 @@ class HostedModel:
                     return True
             now = time.monotonic()
             if self.cancelling == job and cancel_at is None:
-                cancel_at = now  # the worker runs the job to its end: stop it now
-            if cancel_at is not None and now >= cancel_at:
+                self.cancel_flag.set()  # the run stops at its next node or step
+                cancel_at = now + self.cancel_grace_s
+            if cancel_at is not None and now >= cancel_at:  # it did not: stop the worker
                 self.store.set_status(job, "CANCELLED")
                 return False
             if not self.process.is_alive():

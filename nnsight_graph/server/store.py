@@ -121,6 +121,12 @@ class Store:
         if status in FINAL:
             self.payload_path(job).unlink(missing_ok=True)
 
+    def progress(self, job: str, step: int, steps: int | None) -> None:
+        """A running job began step `step` (of `steps`) of its generation: a RUNNING event."""
+        with self.lock, self.db:
+            self.db.execute("UPDATE jobs SET step = ?, steps = ? WHERE id = ?", (step, steps, job))
+        self.event(job, {"type": "STATUS", "status": "RUNNING", "step": step, "steps": steps})
+
     def cancel_queued(self, job: str) -> bool:
         """Cancel a job if it is still queued (atomically: a dispatcher may be taking it)."""
         with self.lock, self.db:

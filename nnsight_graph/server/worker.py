@@ -2,8 +2,10 @@
 
 The dispatcher (nnsight_graph.server.models) sends `("run", job_id, payload_path,
 result_path)` on the inbox; the worker answers on the outbox with `("ready",)` once the model
-loaded, then per job `("log", job_id, text)` for the trace's print() output, and
-`("done", job_id)` (the result written to result_path) or `("error", job_id, error)`.
+loaded, then per job `("log", job_id, text)` for the trace's print() output, `("step",
+job_id, n, N)` as step n (of N) of a generation begins, and `("done", job_id)` (the result
+written to result_path), `("cancelled", job_id)` (the cancel flag was set: the run stopped at
+its next node or step) or `("error", job_id, error)`.
 """
 
 from __future__ import annotations
@@ -73,8 +75,13 @@ def load_model(spec: str, device: str, dtype: str | None) -> Any:
     return model
 
 
-def main(spec: str, device: str, dtype: str | None, limits: Any, inbox: Any, outbox: Any) -> None:
-    """The worker's loop (the target of its process)."""
+def main(
+    spec: str, device: str, dtype: str | None, limits: Any, inbox: Any, outbox: Any,
+    cancel: Any,
+) -> None:
+    """The worker's loop (the target of its process); `cancel` is the dispatcher's
+    multiprocessing.Event, set to stop the job that runs."""
+    from nnsight_graph.backends.guard import RunCancelled, cancellable
     from nnsight_graph.remote.execution import run_payload
 
     try:
@@ -91,12 +98,18 @@ def main(spec: str, device: str, dtype: str | None, limits: Any, inbox: Any, out
         try:
             payload = Path(payload_path).read_bytes()
             stream = _LogStream(outbox, job)
+            def on_step(step: int, steps: int | None, job: str = job) -> None:
+                outbox.put(("step", job, step, steps))
+
             try:
-                with redirect_stdout(stream):
-                    result = run_payload(model, payload, limits)
+                with redirect_stdout(stream), cancellable(cancel.is_set):
+                    result = run_payload(model, payload, limits, on_step)
             finally:
                 stream.flush()
             Path(result_path).write_bytes(result)
+        except RunCancelled:
+            outbox.put(("cancelled", job))
+            continue
         except Exception as error:
             outbox.put(("error", job, describe_error(error)))
         else:
