@@ -7,6 +7,7 @@ from typing import Any
 from ..ir import Node, Op
 from ..ir.errors import ExecutionError
 from ..ir.functions import resolve
+from .local_blocks import run_local
 
 
 def apply(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], saved: dict[int, Any]) -> Any:
@@ -35,4 +36,6 @@ def apply(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], saved: dict
         return None
     if op is Op.CACHE:
         return None  # values are captured at the hooks
+    if op is Op.LOCAL:
+        return run_local(node, args)
     raise ExecutionError(f"the local executor cannot run {node}")

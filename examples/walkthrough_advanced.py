@@ -290,17 +290,25 @@ with local_server() as server_url:
     print("One job for the session:", session.job.id, "->", session.job.status())
 
     cell("Streaming with nnsight.local()")
-    if hasattr(nnsight, "local"):
-        with llama.trace("Hello", remote=True) as tracer:
-            with nnsight.local():
-                # This runs on your machine, not the server
-                hs = llama.transformer.h[-1].output[0]
-                print("Local computation:", hs[0, 0])  # Runs locally
+    with llama.trace("Hello", remote=True) as tracer:
 
-            out = llama.lm_head.output.save()
-        print("Output shape:", out.shape)
-    else:
-        print("Skipped: nnsight_graph has no nnsight.local() yet.")
+        with nnsight.local():
+            # This runs on your machine, not the server
+            # (transformers 5: the layer's output is a tensor, so [0] is (seq, hidden))
+            hs = llama.transformer.h[-1].output[0]
+            print("Local computation:", hs[0, 0])  # Runs locally
+
+        out = llama.lm_head.output.save()
+    print("Output shape:", out.shape)
+
+    # a block whose value the run uses: the server waits for it (bounded), then goes on
+    with llama.trace("The Eiffel Tower is in the city of", remote=True) as tracer:
+        hidden = llama.transformer.h[1].output
+        with tracer.local():
+            scaled = hidden * 1.0  # any Python here; the result goes back to the server
+        llama.transformer.h[1].output[:] = scaled
+        logits = llama.lm_head.output.save()
+    print("After a local() block the run used:", llama.tokenizer.decode(logits[0, -1].argmax()))
 
     cell("Jobs you can leave: blocking=False, tracer.job, Job.attach")
     with llama.trace("Vatican is in the city of", remote=True, blocking=False) as tracer:

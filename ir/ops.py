@@ -29,6 +29,8 @@ class Op(str, enum.Enum):
     CACHE = "cache"  # keep every value of the modules kwargs["paths"] while the model runs
     CALL_MODULE = "call_module"  # call the model's module at target (a path) on args; its
     # hooks do not see the call, so it is not one of the module's steps
+    LOCAL = "local"  # an nnsight.local() block: send args (kwargs["inputs"]: their node ids)
+    # to the client, which runs the block; its value is {node id: value} for kwargs["outputs"]
 
     def __str__(self) -> str:
         return self.value
@@ -46,6 +48,7 @@ EFFECTFUL: Final = frozenset(
         Op.BARRIER,
         Op.CACHE,
         Op.CALL_MODULE,  # a module may keep state (running statistics) or change its input
+        Op.LOCAL,  # the client runs its block (prints, plots) even when nothing uses its value
     }
 )
 """Ops that must run even when nothing uses their value."""

@@ -26,6 +26,7 @@ from .ir import (
 )
 from .ir.graph import Graph
 from .language import LanguageModel
+from .local import local
 from .model import NNsight
 from .proxy import Proxy
 from .saving import save
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CONFIG",
+    "local",
     "BarrierError",
     "BatchError",
     "BatchIndexError",

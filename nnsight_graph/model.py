@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from .passes import ModelFacts, run_passes
 from .passes.trust import check_untrusted
 from .session import Session
 from .tracer import Tracer
+
+if TYPE_CHECKING:
+    from .local import LocalBlocks
 
 
 class NNsight(Envoy):
@@ -248,15 +251,25 @@ class NNsight(Envoy):
             f"{type(self._module).__name__}.forward takes"
         )
 
-    def _execute_remote_local(self, graph: Graph, total_rows: int) -> dict[int, Any]:
+    def _execute_remote_local(
+        self, graph: Graph, total_rows: int, blocks: LocalBlocks | None = None
+    ) -> dict[int, Any]:
         """The whole remote path in this process (`remote="local"`): the graph, with this
         model's edits, is serialized, read back as a server reads it (untrusted, with the
-        server's limits), run, and its saved values return through the results format."""
-        from .ir.results import loads_results
+        server's limits), run, and its saved values return through the results format.
+        The values of nnsight.local() `blocks` go both ways through the results format too."""
+        from .backends.local_blocks import serving_local_blocks
+        from .ir.results import dumps_results, loads_results
         from .ir.wire import dumps
         from .remote.execution import run_payload
 
-        return loads_results(run_payload(self, dumps(self._with_edits(graph)), SERVER))
+        def through_wire(block: int, downloads: dict[int, Any], outputs: list[int]) -> dict[int, Any]:
+            assert blocks is not None
+            values = blocks.handle(block, loads_results(dumps_results(downloads)), outputs)
+            return loads_results(dumps_results(values), SERVER)  # as a server reads them
+
+        with serving_local_blocks(through_wire):
+            return loads_results(run_payload(self, dumps(self._with_edits(graph)), SERVER))
 
     def _with_edits(self, graph: Graph) -> Graph:
         """The graph with this model's edits first: what a server runs (it applies none)."""

@@ -90,6 +90,11 @@ class Recorder:
     optional: frozenset[int] | set[int] = frozenset()  # nodes of steps that may never happen
     caches: tuple[tuple[int, Any], ...] | list[tuple[int, Any]] = ()  # (CACHE node, Cache)
     saved_containers: tuple[Any, ...] | list[Any] = ()  # resolved after the run
+    # nnsight.local() blocks (nnsight_graph.local): only a trace that runs elsewhere splits
+    remote = False  # the trace runs elsewhere (remote=True, remote="local")
+    local_start: int | None = None  # the first node of the block being recorded
+    local_blocks: list[Any] = []  # never mutated: replaced by a new list (local._split)
+    local_ids: frozenset[int] = frozenset()  # the nodes of all blocks
 
     def __init__(self, root: Any = None) -> None:
         self.root = root  # the model whose modules this trace may read and write (None: any)

@@ -11,6 +11,7 @@ from . import capture, conditions, frames, saving, session, transform
 from .cache import CacheView, cache_kinds, cache_options, cache_paths, new_cache
 from .config import CONFIG, host_url
 from .extras import Barrier
+from .local import LocalContext, shipped
 from .ir import Graph, GraphBuildError, InvokeError, NNsightError, Op
 from .ir.session import resolve as resolve_trace_refs
 from .proxy import Proxy
@@ -132,6 +133,10 @@ class Tracer(capture.CapturedBlock):
         recorder.add(Op.STOP, "stop")
         if recorder.guard is None:
             raise capture.BodyStopped()
+
+    def local(self) -> LocalContext:
+        """`with tracer.local():` the block runs on the client (as `nnsight.local()`)."""
+        return LocalContext()
 
     def barrier(self, participants: int) -> Barrier:
         """A barrier for `participants` invokes: call the returned object in each of them."""
@@ -307,6 +312,8 @@ class Tracer(capture.CapturedBlock):
         body, namespace, local_vars = compiled_body(self, captured, frame)
         global_vars = frame.f_globals
         recorder = self._recorder = Recorder(self.model._root)
+        if self.remote is not None:
+            recorder.remote = True  # nnsight.local() blocks split off (nnsight_graph.local)
         state = _STATE
         state.recorder = recorder  # what `with recording(recorder):` does, without its calls
         try:
@@ -336,15 +343,26 @@ class Tracer(capture.CapturedBlock):
             self.model._plan(graph, key)  # validation raises here; the model does not run
             saved = {}
         elif graph.invokes and self.remote == "local":
-            saved = self.model._execute_remote_local(graph, recorder.total_rows)
+            sent, blocks = shipped(graph, recorder)
+            saved = blocks.bind(
+                self.model._execute_remote_local(sent, recorder.total_rows, blocks))
         elif graph.invokes and self.remote is not None:
             from .remote.submit import run_graph  # httpx and the client: remote runs only
 
+            sent, blocks = shipped(graph, recorder)
+            if blocks and not self.blocking:
+                raise NNsightError(
+                    "a trace with an nnsight.local() block waits for the server to reach it, "
+                    "so it cannot be left running: leave out blocking=False, or move the "
+                    "block's work after the trace (save the values it reads)"
+                )
             names = _saved_names(captured.stored, variables, recorder)
-            self.job, saved = run_graph(self.model, graph, self.remote, names, self.blocking)
+            self.job, saved = run_graph(self.model, sent, self.remote, names, self.blocking,
+                                        blocks)
             if not self.blocking:  # nothing to bind yet: the values come from tracer.job
                 _bind_pending(self, captured, frame, local_vars, names)
                 return
+            saved = blocks.bind(saved)
         elif graph.invokes:
             saved = self.model._execute(graph, recorder.total_rows, key)
         else:

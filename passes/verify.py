@@ -110,7 +110,7 @@ def _target_problem(node: Node) -> str:
     return ""
 
 
-VALUED = frozenset({Op.READ, Op.CALL, Op.METHOD, Op.GETATTR, Op.GETITEM, Op.CALL_MODULE})
+VALUED = frozenset({Op.READ, Op.CALL, Op.METHOD, Op.GETATTR, Op.GETITEM, Op.CALL_MODULE, Op.LOCAL})
 """Ops whose node has a value that other nodes may use; a BACKWARD is named only by the
 gradient sites of its backward pass (args[1] of a `grad` READ or WRITE)."""
 
@@ -180,6 +180,28 @@ def _cache_problem(node: Node) -> str:
     return ""
 
 
+def _local_problem(node: Node) -> str:
+    kwargs = node.kwargs
+    inputs, outputs = kwargs.get("inputs") or (), kwargs.get("outputs")
+    if (
+        set(kwargs) != {"block", "inputs", "outputs"}
+        or type(kwargs["block"]) is not int
+        or not _ints(inputs)
+        or not _ints(outputs)
+        or len(inputs) != len(node.args)
+        or not all(type(a) is Ref and a.id == i for a, i in zip(node.args, inputs))
+    ):
+        return (
+            "must have block= an int, inputs= the ids of its arguments (each a node's value) "
+            "and outputs= a list of node ids"
+        )
+    return ""
+
+
+def _ints(value: object) -> bool:
+    return isinstance(value, (tuple, list)) and all(type(v) is int for v in value)
+
+
 def _strings(value: object) -> bool:
     return isinstance(value, (tuple, list)) and all(type(v) is str for v in value)
 
@@ -194,6 +216,7 @@ PAYLOAD: dict[Op, Callable[[Node], str]] = {
     Op.STOP: _arguments(0),
     Op.BARRIER: _barrier_problem,
     Op.CACHE: _cache_problem,
+    Op.LOCAL: _local_problem,
 }
 """Op -> why its arguments do not have the shape the executor reads ("" when they do). READ,
 WRITE and SKIP are checked as hook sites; SAVE above; a CALL's arguments are its function's."""

@@ -8,6 +8,7 @@ non-blocking trace, or `nnsight_graph.Job.attach(job_id)` from another process.
 from __future__ import annotations
 
 import atexit
+import base64
 import builtins
 import json
 import re
@@ -22,7 +23,7 @@ from websockets.sync.client import connect
 from .. import __version__
 from ..config import CONFIG, host_url
 from ..ir.errors import NNsightError, append_note
-from ..ir.results import loads_results
+from ..ir.results import dumps_results, loads_results
 from ..ir.wire_schema import SCHEMA_VERSION
 
 FINAL = frozenset({"COMPLETED", "ERROR", "CANCELLED"})
@@ -254,6 +255,9 @@ class Job:
         self.id = job_id
         self.names = dict(names or {})
         self.on_event = on_event
+        # the trace's nnsight.local() blocks (nnsight_graph.local.LocalBlocks), run here when
+        # the job's LOCAL events arrive; None for a job attached by id
+        self.local_blocks: Any = None
         self._seen = 0
         self._saved: dict[int, Any] | None = None
 
@@ -290,7 +294,28 @@ class Job:
                 self.on_event(event)
             if event.get("type") == "STATUS":
                 status = event["status"]
+            elif event.get("type") == "LOCAL" and self.local_blocks is not None:
+                self._run_local(event)
         return str(status) if status is not None else self.status()
+
+    def _run_local(self, event: dict) -> None:
+        """Run the nnsight.local() block the job reached on the values it sent; send back
+        what the run needs of it. An error in the block cancels the job and is raised here."""
+        block, outputs = int(event["block"]), list(event.get("outputs") or [])
+        end_line = getattr(self.on_event, "end_line", None)
+        if end_line is not None:
+            end_line()  # what the block prints starts on a line of its own
+        try:
+            values = self.local_blocks.handle(
+                block, loads_results(base64.b64decode(event["data"])), outputs)
+        except BaseException:
+            self.cancel()
+            raise
+        if outputs:
+            self.client.request(
+                "POST", f"/v1/jobs/{self.id}/local/{block}", content=dumps_results(values),
+                headers={"content-type": "application/octet-stream"},
+            )
 
     def payload(self, timeout: float | None = None) -> bytes:
         """The job's results payload as the server wrote it (ir.results), once the job

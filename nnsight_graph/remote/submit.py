@@ -10,6 +10,7 @@ from .client import Client, Job
 from .display import Progress
 
 if TYPE_CHECKING:
+    from ..local import LocalBlocks
     from ..model import NNsight
 
 
@@ -23,11 +24,14 @@ def submit(model: NNsight, payload: bytes, host: str, names: dict[int, str]) -> 
 
 
 def run_graph(
-    model: NNsight, graph: Graph, host: str, names: dict[int, str], blocking: bool = True
+    model: NNsight, graph: Graph, host: str, names: dict[int, str], blocking: bool = True,
+    blocks: LocalBlocks | None = None,
 ) -> tuple[Job, dict[int, Any]]:
     """Run `graph` (with the model's edits merged in, as a server applies none of its own)
-    on the server; the job and, when `blocking`, its saved values by node id."""
+    on the server; the job and, when `blocking`, its saved values by node id. The job runs
+    the trace's nnsight.local() `blocks` here when the server reaches them."""
     job = submit(model, dumps(model._with_edits(graph)), host, names)
+    job.local_blocks = blocks if blocks else None
     if not blocking:
         return job, {}
     return job, job.saved()

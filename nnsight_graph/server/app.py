@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from .. import __version__
 from ..ir.errors import NNsightError, WireFormatError
 from ..ir.wire_schema import SCHEMA_VERSION
+from ..ir.results import loads_results
 from ..remote.execution import check_payload
 from .models import HostedModel
 from .store import FINAL, Store
@@ -199,6 +200,27 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
         if job["status"] in ("QUEUED", "RUNNING"):
             models[job["model"]].cancel(job_id)
         return {"job_id": job_id, "status": (store.get(job_id) or job)["status"]}
+
+    @app.post("/v1/jobs/{job_id}/local/{block}")
+    async def job_local_values(job_id: str, block: int, request: Request) -> dict[str, Any]:
+        """The values an nnsight.local() block made on the client, for the running job that
+        waits for them (a results payload, checked under the model's limits)."""
+        job = own_job(job_id, user_of(request.headers))
+        model = models[job["model"]]
+        body = await request.body()
+        if len(body) > max_body:
+            raise ApiError(413, "too_large", f"the values have {len(body)} bytes, over {max_body}",
+                           "make the values later code uses from the block smaller")
+        try:
+            await asyncio.to_thread(loads_results, body, model.limits)
+        except NNsightError as error:
+            raise ApiError(400, "bad_payload", str(error),
+                           "send what nnsight_graph.ir.results.dumps_results writes") from None
+        if not model.upload(job_id, block, body):
+            raise ApiError(409, "not_waiting",
+                           f"job {job_id} is not waiting for the values of block {block}",
+                           "send them only after its LOCAL event asks for them")
+        return {"job_id": job_id, "block": block}
 
     @app.get("/v1/jobs/{job_id}/events")
     def job_events(job_id: str, request: Request, after: int = 0) -> dict[str, Any]:

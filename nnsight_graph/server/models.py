@@ -6,6 +6,7 @@ module paths and to serve its config and tokenizer; the weights load once, in th
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
 import queue
 import tempfile
@@ -40,6 +41,7 @@ class HostedModel:
         self.error: dict[str, Any] | None = None
         self.running: str | None = None
         self.cancelling: str | None = None
+        self.waiting: tuple[str, int] | None = None  # (job, block) that waits for values
         self.wake = threading.Event()
         self.stopping = False
         self.restarts = 0
@@ -61,6 +63,15 @@ class HostedModel:
         if self.running == job:
             self.cancelling = job
             self.wake.set()
+
+    def upload(self, job: str, block: int, values: bytes) -> bool:
+        """Hand the running job `job` the values its nnsight.local() block `block` made
+        (checked already); False if that job is not waiting for them."""
+        if self.running != job or self.waiting != (job, block):
+            return False
+        self.waiting = None
+        self.inbox.put(("upload", job, block, values))
+        return True
 
     def info(self) -> dict[str, Any]:
         return {
@@ -134,7 +145,7 @@ class HostedModel:
             try:
                 ok = self._run(job)
             finally:
-                self.running = self.cancelling = None
+                self.running = self.cancelling = self.waiting = None
             if not ok and not self.stopping and not self._restart_worker():
                 return
 
@@ -158,6 +169,13 @@ class HostedModel:
                     continue
                 if kind == "step":
                     self.store.progress(job, message[2], message[3])
+                    continue
+                if kind == "local":  # the client runs the block; it may send values back
+                    _, _, block, data, outputs = message
+                    if outputs:
+                        self.waiting = (job, block)
+                    self.store.event(job, {"type": "LOCAL", "block": block, "outputs": outputs,
+                                           "data": base64.b64encode(data).decode("ascii")})
                     continue
                 if kind == "cancelled":
                     self.store.set_status(job, "CANCELLED")

@@ -11,12 +11,57 @@ its next node or step) or `("error", job_id, error)`.
 from __future__ import annotations
 
 import io
+import queue
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
 LOG_CAP = 64 << 10  # characters of print() output a job may send
+LOCAL_CAP = 32 << 20  # bytes of values a job may stream to one nnsight.local() block
+LOCAL_WAIT_S = 120.0  # how long a job waits for the values a local() block makes
+
+
+def local_handler(job: str, inbox: Any, outbox: Any, cancel: Any, limits: Any) -> Any:
+    """What a LOCAL node of job `job` does in the worker: send the values its block reads to
+    the client (through the dispatcher, as a LOCAL event); when the run needs values the block
+    makes, wait for them (bounded; a cancel ends the wait) and read them under `limits`."""
+    import time
+
+    from nnsight_graph.backends.guard import RunCancelled
+    from nnsight_graph.ir.errors import ExecutionError
+    from nnsight_graph.ir.results import dumps_results, loads_results
+
+    def handle(block: int, downloads: dict[int, Any], outputs: list[int]) -> dict[int, Any]:
+        data = dumps_results(downloads)
+        if len(data) > LOCAL_CAP:
+            raise ExecutionError(
+                f"the values the nnsight.local() block reads are {len(data)} bytes, over the "
+                f"{LOCAL_CAP} a job may stream to the client; read smaller values (a slice "
+                "outside the block) or save them instead"
+            )
+        outbox.put(("local", job, block, data, list(outputs)))
+        if not outputs:
+            return {}  # the block only prints or plots: the run goes on
+        wait = LOCAL_WAIT_S if limits.deadline_s is None else min(LOCAL_WAIT_S, limits.deadline_s)
+        ends = time.monotonic() + wait
+        while time.monotonic() < ends:
+            if cancel.is_set():
+                raise RunCancelled("the job was cancelled while it waited for its client")
+            try:
+                message = inbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if message is None:
+                raise RunCancelled("the server is stopping")
+            if message[0] == "upload" and message[1] == job and message[2] == block:
+                return loads_results(message[3], limits)
+        raise ExecutionError(
+            f"the client did not send the values of its nnsight.local() block within {wait:g} "
+            "s; keep the client running (blocking) until the trace ends"
+        )
+
+    return handle
 
 
 def describe_error(error: BaseException) -> dict[str, Any]:
@@ -82,6 +127,7 @@ def main(
     """The worker's loop (the target of its process); `cancel` is the dispatcher's
     multiprocessing.Event, set to stop the job that runs."""
     from nnsight_graph.backends.guard import RunCancelled, cancellable
+    from nnsight_graph.backends.local_blocks import serving_local_blocks
     from nnsight_graph.remote.execution import run_payload
 
     try:
@@ -102,7 +148,9 @@ def main(
                 outbox.put(("step", job, step, steps))
 
             try:
-                with redirect_stdout(stream), cancellable(cancel.is_set):
+                local = local_handler(job, inbox, outbox, cancel, limits)
+                with redirect_stdout(stream), cancellable(cancel.is_set), \
+                        serving_local_blocks(local):
                     result = run_payload(model, payload, limits, on_step)
             finally:
                 stream.flush()

@@ -24,8 +24,10 @@ def test_a_remote_trace_gives_the_values_of_a_local_one(alice, tiny):
         tiny.transformer.h[1].output[:, -1] = 0
         hidden = tiny.transformer.h[2].output.save()
         logits = tiny.lm_head.output.save()
-    assert torch.allclose(hidden, local_hidden, atol=1e-5)
-    assert torch.allclose(logits, local_logits, atol=1e-5)
+    # two processes: a busy machine may split a matmul over other threads (sums in another
+    # order), seen as 1e-4 differences on values near 1
+    assert torch.allclose(hidden, local_hidden, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(logits, local_logits, atol=1e-4, rtol=1e-4)
     assert tracer.job is not None and tracer.job.status() == "COMPLETED"
 
 
@@ -205,3 +207,34 @@ def test_a_remote_session_is_one_job_whose_traces_share_values(alice, tiny):
     assert tiny.tokenizer.decode(t1[0, -1]) == " Paris"
     with pytest.raises(nnsight.UnsavedValueError):
         hs.shape  # kept on the server for the second trace, never sent back
+
+
+def test_a_local_block_runs_here_on_the_servers_values(alice, tiny, capsys):
+    """Walkthrough section 9's nnsight.local() cell, and a block whose value the run uses."""
+    with tiny.trace("Hello", remote=True):
+        with nnsight.local():
+            hs = tiny.transformer.h[-1].output[0]
+            print("Local computation:", hs[0, 0])  # printed by this process, not the server
+        out = tiny.lm_head.output.save()
+    assert capsys.readouterr().out.startswith("Local computation: tensor(")
+    assert out.shape[-1] == tiny.config.vocab_size
+
+    with tiny.trace(PROMPT):
+        tiny.transformer.h[1].output[:] = tiny.transformer.h[1].output * 2 + 1
+        expected = tiny.lm_head.output.save()
+    with tiny.trace(PROMPT, remote=True) as tracer:
+        hidden = tiny.transformer.h[1].output
+        with tracer.local():
+            doubled = hidden * 2 + 1  # made here; the server waits for it
+        tiny.transformer.h[1].output[:] = doubled
+        logits = tiny.lm_head.output.save()
+    assert torch.allclose(logits, expected, atol=1e-5)
+    kinds = [e["type"] for e in Client.shared().events(tracer.job.id)]
+    assert "LOCAL" in kinds
+
+
+def test_a_local_block_cannot_be_left_running(alice, tiny):
+    with pytest.raises(nnsight.NNsightError, match="blocking=False"):
+        with tiny.trace(PROMPT, remote=True, blocking=False):
+            with nnsight.local():
+                print(tiny.transformer.h[0].output.shape)
