@@ -1,6 +1,9 @@
 """remote=True against a real server on loopback: the same values as a local run, print()
 output, jobs left and fetched later, errors with their own type and the user's line."""
 
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -66,6 +69,22 @@ def test_a_job_left_running_is_fetched_by_id_from_anywhere(alice, tiny):
     assert tiny.tokenizer.decode(values["logits"][0, -1].argmax()) == " Paris"
     with pytest.raises(nnsight.UnsavedValueError, match=r"tracer.job.result\(\)\['logits'\]"):
         logits.shape  # the name holds a placeholder that says where the value is
+
+
+def test_a_job_is_fetched_by_id_from_a_second_process(alice, tiny):
+    with tiny.trace(PROMPT, remote=True, blocking=False) as tracer:
+        logits = tiny.lm_head.output.save()  # noqa: F841  (the job names it)
+    script = (
+        "import sys, nnsight_graph as nnsight\n"
+        "values = nnsight.Job.attach(sys.argv[1]).result(timeout=60)\n"
+        "print(sorted(map(str, values)), values['logits'][0, -1].argmax().item())\n"
+    )
+    env = {**os.environ, "NNSIGHT_GRAPH_HOST": alice, "NNSIGHT_GRAPH_API_KEY": KEYS["alice"]}
+    done = subprocess.run([sys.executable, "-c", script, tracer.job.id], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    paris = tiny.tokenizer.encode(" Paris")[0]
+    assert done.stdout.split() == ["['logits']", str(paris)]
 
 
 def test_an_error_on_the_server_keeps_its_type_and_the_users_line(alice, tiny):
