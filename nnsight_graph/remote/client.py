@@ -34,14 +34,19 @@ _POLL_MAX_S = 1.0
 _OUR_MODULE = re.compile(r"nnsight_graph(\.[a-z][a-z0-9_]*)*")
 
 
+SUBMIT_RETRY_S = 60.0  # how long a submit waits out 429/503 answers that say when to retry
+
+
 class RemoteError(NNsightError):
     """The server refused a request or could not be reached; `code` is the API's error code
     (`bad_payload`, `refused`, `schema_mismatch`, ... or `unreachable`)."""
 
-    def __init__(self, message: str, code: str = "error", status: int | None = None) -> None:
+    def __init__(self, message: str, code: str = "error", status: int | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
+        self.retry_after = retry_after  # seconds the server asked to wait (429, 503)
 
 
 class RemoteJobError(NNsightError):
@@ -116,7 +121,16 @@ class Client:
             "X-NNsight-Graph-Model": model,
             "X-NNsight-Graph-Names": json.dumps({str(k): v for k, v in (names or {}).items()}),
         }
-        return self.request("POST", "/v1/jobs", content=payload, headers=headers).json()
+        ends = time.monotonic() + SUBMIT_RETRY_S
+        while True:  # a full queue (429) or a model not ready yet (503): wait as asked, bounded
+            try:
+                return self.request("POST", "/v1/jobs", content=payload, headers=headers).json()
+            except RemoteError as error:
+                wait = error.retry_after
+                if error.status not in (429, 503) or wait is None \
+                        or time.monotonic() + wait > ends:
+                    raise
+                time.sleep(wait)
 
     def job(self, job_id: str) -> dict:
         return self.request("GET", f"/v1/jobs/{job_id}").json()
@@ -200,7 +214,10 @@ def _http_error(response: httpx.Response, host: str) -> RemoteError:
         body = {}
     if not isinstance(body, dict) or "code" not in body:
         body = {"code": "error", "message": response.text[:500] or response.reason_phrase}
-    return _error_from_json(body, response.status_code, host)
+    error = _error_from_json(body, response.status_code, host)
+    wait = response.headers.get("retry-after", "")
+    error.retry_after = float(wait) if wait.isdigit() else None
+    return error
 
 
 def _error_from_json(body: dict, status: int, host: str) -> RemoteError:

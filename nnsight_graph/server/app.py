@@ -17,6 +17,10 @@ from ..ir.errors import NNsightError, WireFormatError
 from ..ir.wire_schema import SCHEMA_VERSION
 from ..ir.results import loads_results
 from ..remote.execution import check_payload
+from .errors import ApiError
+from .metrics import CONTENT_TYPE, registry, render
+from .policy import Policy, admit
+from .policy import whoami as policy_whoami
 from .models import HostedModel
 from .store import FINAL, Store
 
@@ -24,29 +28,36 @@ LOCAL_USER = "local"
 _NAMES_BYTES = 64 << 10
 
 
-class ApiError(Exception):
-    """An error answer: HTTP status, stable code, message and a hint that names the fix."""
-
-    def __init__(self, status: int, code: str, message: str, hint: str = "",
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.hint = status, code, message, hint
-        self.headers = headers or {}
-
-
 def read_keys(path: str | Path) -> dict[str, str]:
-    """An API keys file: one `USER SHA256_OF_KEY` per line (`#` comments), as
-    `nnsight-graph hash-key` prints; sha256 hex -> user."""
-    keys = {}
+    """An API keys file: one `USER SHA256_OF_KEY [SECONDS_PER_DAY]` per line (`#`
+    comments), as `nnsight-graph hash-key` prints; sha256 hex -> user."""
+    return {digest: user for digest, (user, _) in _key_lines(path).items()}
+
+
+def read_budgets(path: str | Path) -> dict[str, float]:
+    """The keys file's daily budgets: user -> wall seconds of runs per day (the optional
+    third field of a line; a user with several keys shares the budget of its last line)."""
+    return {user: budget for user, budget in _key_lines(path).values() if budget is not None}
+
+
+def _key_lines(path: str | Path) -> dict[str, tuple[str, float | None]]:
+    found: dict[str, tuple[str, float | None]] = {}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()
-        if len(parts) != 2 or len(parts[1]) != 64:
-            raise ValueError(f"{path}:{number}: write `USER SHA256_HEX_OF_KEY` (64 hex digits)")
-        keys[parts[1].lower()] = parts[0]
-    return keys
+        budget: float | None = None
+        if len(parts) == 3:
+            try:
+                budget = float(parts[2])
+            except ValueError:
+                budget = -1.0
+        if len(parts) not in (2, 3) or len(parts[1]) != 64 or (budget is not None and budget < 0):
+            raise ValueError(f"{path}:{number}: write `USER SHA256_HEX_OF_KEY` (64 hex digits), "
+                             "optionally followed by the key's run seconds per day")
+        found[parts[1].lower()] = (parts[0], budget)
+    return found
 
 
 def hash_key(key: str) -> str:
@@ -54,8 +65,10 @@ def hash_key(key: str) -> str:
 
 
 def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str] | None,
-               max_body: int) -> FastAPI:
+               max_body: int, policy: Policy | None = None) -> FastAPI:
     app = FastAPI(title="nnsight_graph server", version=__version__)
+    policy = policy or Policy()
+    metrics = registry(store, models)
 
     def user_of(headers: Any) -> str:
         if keys is None:
@@ -126,8 +139,11 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
 
     @app.get("/v1/whoami")
     def whoami(request: Request) -> dict[str, Any]:
-        user = user_of(request.headers)
-        return {"user": user, **store.counts(user)}
+        return policy_whoami(store, policy, user_of(request.headers))
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(render(metrics), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     def list_models(request: Request) -> list[dict[str, Any]]:
@@ -155,6 +171,11 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
         if model.state == "failed":
             raise ApiError(503, "not_ready", f"the model {name!r} failed to load",
                            json.dumps(model.error))
+        if model.state != "ready":
+            raise ApiError(503, "not_ready", f"the model {name!r} is {model.state}",
+                           "submit again in a few seconds (Retry-After)",
+                           headers={"Retry-After": "2"})
+        admit(store, policy, user, name)
         names = _names(request.headers.get("x-nnsight-graph-names"))
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body:

@@ -10,6 +10,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .policy import Policy
+
 DEFAULT_MODEL = "tiny-gpt2"
 
 
@@ -28,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=6677)
     serve.add_argument("--api-keys", metavar="FILE",
-                       help="lines of `USER SHA256_OF_KEY` (see `nnsight-graph hash-key`)")
+                       help="lines of `USER SHA256_OF_KEY [SECONDS_PER_DAY]` (see "
+                       "`nnsight-graph hash-key`; the third field: a daily budget of run time)")
     serve.add_argument("--device", default="cpu", help="cpu, cuda, auto (a device_map)")
     serve.add_argument("--dtype", default=None, help="float32, bfloat16, float16, ...")
     serve.add_argument("--store", default=None, help=f"job store (default {default_store()})")
@@ -36,6 +39,12 @@ def parser() -> argparse.ArgumentParser:
                        help="seconds a result is kept (default 7 days)")
     serve.add_argument("--deadline", type=float, default=None, help="seconds a job may run")
     serve.add_argument("--max-body", type=int, default=64 << 20, help="payload bytes allowed")
+    serve.add_argument("--max-queue", type=int, default=Policy.max_queue,
+                       help="jobs queued or running per model (more: 429)")
+    serve.add_argument("--max-queued-per-key", type=int, default=Policy.max_queued_per_key,
+                       help="jobs one key may have queued (more: 429)")
+    serve.add_argument("--max-running-per-key", type=int, default=Policy.max_running_per_key,
+                       help="jobs of one key that run at once, over all models")
     key = commands.add_parser("hash-key", help="print the keys-file line for a key (from stdin)")
     key.add_argument("user")
     return top
@@ -68,7 +77,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from ..ir.limits import SERVER
-    from .app import create_app, read_keys
+    from .app import create_app, read_budgets, read_keys
     from .models import HostedModel
     from .store import Store
 
@@ -76,15 +85,18 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"refusing to listen on {args.host} without --api-keys FILE: anyone "
                          "who reaches it could run jobs; add keys, or bind 127.0.0.1")
     keys = read_keys(args.api_keys) if args.api_keys else None
+    policy = Policy(args.max_queue, args.max_queued_per_key, args.max_running_per_key,
+                    read_budgets(args.api_keys) if args.api_keys else {})
     limits = SERVER if args.deadline is None else replace(SERVER, deadline_s=args.deadline)
     store = Store(args.store or default_store(), ttl_s=args.ttl)
     store.recover()
     store.expire()
-    hosted = {name: HostedModel(name, spec, store, limits, args.device, args.dtype)
+    hosted = {name: HostedModel(name, spec, store, limits, args.device, args.dtype,
+                                max_running_per_key=policy.max_running_per_key)
               for name, spec in models_of(args.model).items()}
     for model in hosted.values():
         model.start()
-    app = create_app(store, hosted, keys, args.max_body)
+    app = create_app(store, hosted, keys, args.max_body, policy)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

@@ -28,11 +28,13 @@ class HostedModel:
     def __init__(
         self, name: str, spec: str, store: Store, limits: Limits, device: str = "cpu",
         dtype: str | None = None, cancel_grace_s: float = 5.0,
+        max_running_per_key: int | None = None,
     ) -> None:
         from nnsight_graph import LanguageModel
 
         self.name, self.spec, self.store, self.limits = name, spec, store, limits
         self.device, self.dtype, self.cancel_grace_s = device, dtype, cancel_grace_s
+        self.max_running_per_key = max_running_per_key
         self.shape = LanguageModel(spec)  # meta tensors: module paths, config, tokenizer
         self.site_paths = frozenset(self.shape._site_paths())
         self.config = self.shape.config.to_dict()
@@ -134,7 +136,7 @@ class HostedModel:
         if not self._start_worker():
             return
         while not self.stopping:
-            job = self.store.next_queued(self.name)
+            job = self.store.next_queued(self.name, self.max_running_per_key)
             if job is None:
                 self.wake.wait(_TICK_S)
                 self.wake.clear()

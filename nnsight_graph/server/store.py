@@ -93,13 +93,57 @@ class Store:
                 (row["model"], row["arrival"]),
             ).fetchone()[0])
 
-    def next_queued(self, model: str) -> str | None:
+    def next_queued(self, model: str, max_running_per_key: int | None = None) -> str | None:
+        """The job `model` runs next: round-robin across keys (the key whose last job for
+        this model started longest ago goes first, each key's jobs in arrival order),
+        skipping keys that already run `max_running_per_key` jobs."""
         with self.lock:
-            row = self.db.execute(
-                "SELECT id FROM jobs WHERE model = ? AND status = 'QUEUED' ORDER BY arrival LIMIT 1",
+            queued = self.db.execute(
+                "SELECT id, user FROM jobs WHERE model = ? AND status = 'QUEUED' ORDER BY arrival",
                 (model,),
-            ).fetchone()
-        return None if row is None else str(row["id"])
+            ).fetchall()
+            if not queued:
+                return None
+            last = dict(self.db.execute(
+                "SELECT user, MAX(started) FROM jobs WHERE model = ? AND started IS NOT NULL "
+                "GROUP BY user", (model,),
+            ).fetchall())
+            running = dict(self.db.execute(
+                "SELECT user, COUNT(*) FROM jobs WHERE status = 'RUNNING' GROUP BY user"
+            ).fetchall())
+        first: dict[str, str] = {}
+        for row in queued:
+            first.setdefault(row["user"], row["id"])
+        users = [u for u in first
+                 if max_running_per_key is None or running.get(u, 0) < max_running_per_key]
+        if not users:
+            return None
+        return first[min(users, key=lambda u: last.get(u) or 0.0)]  # ties: earliest arrival
+
+    def seconds_used(self, user: str, since: float, now: float) -> float:
+        """Wall seconds the key's jobs ran between `since` and `now` (running ones so far)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT started, finished FROM jobs WHERE user = ? AND started IS NOT NULL "
+                "AND (finished IS NULL OR finished > ?)", (user, since),
+            ).fetchall()
+        return sum(max(min(r["finished"] or now, now) - max(r["started"], since), 0.0)
+                   for r in rows)
+
+    def metrics(self) -> dict[str, Any]:
+        """What /metrics reports from the store: jobs by model and status, and the seconds
+        from submit to end of the finished ones (for the latency histogram)."""
+        with self.lock:
+            counts = self.db.execute(
+                "SELECT model, status, COUNT(*) AS n FROM jobs GROUP BY model, status"
+            ).fetchall()
+            latencies = self.db.execute(
+                "SELECT model, finished - created AS s FROM jobs WHERE status = 'COMPLETED'"
+            ).fetchall()
+        return {
+            "counts": [(r["model"], r["status"], int(r["n"])) for r in counts],
+            "latencies": [(r["model"], float(r["s"])) for r in latencies],
+        }
 
     def set_status(self, job: str, status: str, **fields: Any) -> None:
         """Move a job to `status` (and set `fields`), with its STATUS event."""
