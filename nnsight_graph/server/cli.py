@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .policy import Policy
 
@@ -39,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
                        help="seconds a result is kept (default 7 days)")
     serve.add_argument("--deadline", type=float, default=None, help="seconds a job may run")
     serve.add_argument("--max-body", type=int, default=64 << 20, help="payload bytes allowed")
+    serve.add_argument("--drain", type=float, default=30.0,
+                       help="seconds a running job may take to finish when the server is "
+                       "stopped (SIGTERM); queued jobs wait in the store for the next start")
     serve.add_argument("--max-queue", type=int, default=Policy.max_queue,
                        help="jobs queued or running per model (more: 429)")
     serve.add_argument("--max-queued-per-key", type=int, default=Policy.max_queued_per_key,
@@ -97,11 +102,27 @@ def serve(args: argparse.Namespace) -> None:
     for model in hosted.values():
         model.start()
     app = create_app(store, hosted, keys, args.max_body, policy)
+    # uvicorn stops serving on SIGTERM/SIGINT, then raises the signal again with the handler
+    # found before it ran: this one, so that the models drain before the process exits
+    signal.signal(signal.SIGTERM, _stop_serving)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    timeout_graceful_shutdown=5)
+    except _Stopped:
+        pass
     finally:
         for model in hosted.values():
-            model.stop()
+            model.draining = True  # all at once: no model starts a job while others drain
+        for model in hosted.values():
+            model.stop(args.drain)
+
+
+class _Stopped(Exception):
+    """SIGTERM, after uvicorn stopped serving: drain the models, then exit 0."""
+
+
+def _stop_serving(signum: int, frame: Any) -> None:
+    raise _Stopped()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,16 @@ def local_server(
     *args: str, store: str | None = None, port: int | None = None, ready_timeout: float = 120.0
 ) -> Iterator[str]:
     """The base URL of a server started with `args`, ready (its /readyz answers 200)."""
+    with server_process(*args, store=store, port=port, ready_timeout=ready_timeout) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(
+    *args: str, store: str | None = None, port: int | None = None, ready_timeout: float = 120.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`local_server`, also giving the server's process (to signal it, as tests of shutdown
+    do); stopped with SIGTERM afterwards if it still runs."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="nnsight-graph-store-") as temporary:
@@ -53,7 +63,7 @@ def local_server(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the server at {url} was not ready in {ready_timeout}s")
                 time.sleep(0.2)
-            yield url
+            yield url, process
         finally:
             process.terminate()
             try:
@@ -63,4 +73,4 @@ def local_server(
                 process.wait()
 
 
-__all__ = ["free_port", "local_server"]
+__all__ = ["free_port", "local_server", "server_process"]

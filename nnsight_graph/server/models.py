@@ -46,6 +46,7 @@ class HostedModel:
         self.waiting: tuple[str, int] | None = None  # (job, block) that waits for values
         self.wake = threading.Event()
         self.stopping = False
+        self.draining = False  # shutting down: the running job may finish, no new one starts
         self.restarts = 0
         self.context = multiprocessing.get_context("spawn")
         self.process: Any = None
@@ -54,10 +55,22 @@ class HostedModel:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Take no more jobs; give the running one up to `drain_s` seconds to finish, then
+        stop the worker (a job still running then is marked ERROR; queued jobs stay queued
+        in the store for the next start)."""
+        self.draining = True
+        ends = time.monotonic() + drain_s
+        while self.running is not None and time.monotonic() < ends:
+            time.sleep(0.05)
         self.stopping = True
         self.wake.set()
+        job = self.running
         self._stop_worker()
+        found = self.store.get(job) if job is not None else None
+        if job is not None and found is not None and found["status"] == "RUNNING":
+            self.store.set_status(job, "ERROR", error=_error(
+                "the server shut down while the job ran; submit it again"))
 
     def cancel(self, job: str) -> None:
         """Stop the running job `job`: the worker stops it at its next node or generation
@@ -84,6 +97,7 @@ class HostedModel:
             "state": self.state,
             "queue_depth": self.store.queue_depth(self.name),
             "restarts": self.restarts,
+            "worker_pid": self.process.pid if self.process is not None else None,
             "limits": {"deadline_s": self.limits.deadline_s, "nodes": self.limits.nodes,
                        "decompressed_bytes": self.limits.decompressed_bytes},
             "error": self.error,
@@ -136,7 +150,8 @@ class HostedModel:
         if not self._start_worker():
             return
         while not self.stopping:
-            job = self.store.next_queued(self.name, self.max_running_per_key)
+            job = None if self.draining else self.store.next_queued(
+                self.name, self.max_running_per_key)
             if job is None:
                 self.wake.wait(_TICK_S)
                 self.wake.clear()

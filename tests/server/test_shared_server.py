@@ -2,18 +2,15 @@
 per-key limits answered with 429 and Retry-After, daily budgets from the keys file, and the
 state in Prometheus' format at /metrics."""
 
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from nnsight_graph.ir.wire import dumps
 from nnsight_graph.server.app import hash_key
 from nnsight_graph.server.launch import local_server
-from serving import KEYS
+from serving import KEYS, http_client as _http, job_payload as _payload, submit as _submit
+from serving import wait_for as _wait
 
-PROMPT = "The Eiffel Tower is in the city of"
 CAROL = "carol-has-no-time-left"  # a key whose daily budget is 0 s
 
 
@@ -27,35 +24,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with local_server("--api-keys", str(keys), "--max-queue", "6",
                       "--max-queued-per-key", "4", store=str(folder / "store")) as url:
         yield url
-
-
-def _http(url: str, key: str) -> httpx.Client:
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-
-
-def _payload(tiny, slow: bool) -> bytes:
-    with tiny.trace(PROMPT) as tracer:
-        value = tiny.transformer.h[0].output
-        if slow:  # ~0.5 s of matmuls on the server
-            big = value.new_ones(1024, 1024)
-            for _ in range(40):
-                big = big @ big / 1024
-            value = big
-        value.sum().save()
-    return dumps(tracer.graph)
-
-
-def _submit(http: httpx.Client, payload: bytes) -> httpx.Response:
-    return http.post("/v1/jobs", content=payload, headers={"X-NNsight-Graph-Model": "tiny-gpt2"})
-
-
-def _wait(http: httpx.Client, job: str) -> dict:
-    for _ in range(600):  # bounded: 60 s
-        info = http.get(f"/v1/jobs/{job}").json()
-        if info["status"] in ("COMPLETED", "ERROR", "CANCELLED"):
-            return info
-        time.sleep(0.1)
-    raise TimeoutError(job)
 
 
 def test_one_keys_many_jobs_do_not_starve_another_keys_one(shared, tiny):
