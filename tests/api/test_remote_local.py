@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import nnsight_graph as nnsight
+from nnsight_graph.ir.registry import RegistryError
 from nnsight_graph.remote.client import RemoteError
 
 PROMPT = "The Eiffel Tower is in the city of"
@@ -80,3 +81,40 @@ def test_a_graph_that_cannot_be_sent_says_why(make_net):
     with pytest.raises(nnsight.WireFormatError, match="no wire form"):
         with model.trace(torch.rand(1, 5), remote="local"):
             other.layer2(model.layer1.output).save()  # another model's module: local only
+
+
+def test_a_function_outside_the_registry_is_refused_before_the_model_runs(
+    model, x, count_calls, line_of
+):
+    calls = count_calls(model._module)
+    with pytest.raises(RegistryError, match="torch.special.bessel_j0") as caught:
+        with model.trace(x, remote="local"):
+            torch.special.bessel_j0(model.layer1.output).save()  # mark: outside
+    assert "compute it after the trace, on the saved values" in str(caught.value)
+    assert any(line_of("outside") in note for note in caught.value.__notes__)
+    assert calls.calls == 0
+
+
+def test_a_streamer_of_the_user_cannot_be_sent_and_says_so(llm):
+    class Collect:
+        def put(self, value):
+            pass
+
+        def end(self):
+            pass
+
+    with pytest.raises(nnsight.WireFormatError, match="Collect, which has no wire form"):
+        with llm.generate(PROMPT, max_new_tokens=2, streamer=Collect(), remote="local"):
+            llm.generator.streamer.output.save()
+
+
+def test_a_bad_input_keeps_its_type_with_a_note_naming_the_module_and_the_input(model, x):
+    with pytest.raises(RuntimeError) as caught:
+        with model.trace(torch.rand(1, 7), remote="local"):
+            model.layer1.output.save()
+    (note,) = caught.value.__notes__
+    assert note.startswith("  while model.layer1 (Linear) ran, on the input Tensor[1, 7] float32")
+    assert "give it what Sequential.forward takes" in note
+    with model.trace(x, remote="local"):
+        output = model.output.save()
+    assert output.shape == (1, 2)
