@@ -25,9 +25,10 @@ def submit(model: NNsight, payload: bytes, host: str, names: dict[int, str]) -> 
 def run_graph(
     model: NNsight, graph: Graph, host: str, names: dict[int, str], blocking: bool = True
 ) -> tuple[Job, dict[int, Any]]:
-    """Run `graph` (with the model's edits merged in, as a server applies none of its own)
-    on the server; the job and, when `blocking`, its saved values by node id."""
-    job = submit(model, dumps(model._with_edits(graph)), host, names)
+    """Run `graph` (with the model's edits merged in, as a server applies none of its own,
+    and this thread's autograd mode) on the server; the job and, when `blocking`, its saved
+    values by node id."""
+    job = submit(model, dumps(model._for_server(graph)), host, names)
     if not blocking:
         return job, {}
     return job, job.saved()

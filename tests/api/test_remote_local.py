@@ -118,3 +118,45 @@ def test_a_bad_input_keeps_its_type_with_a_note_naming_the_module_and_the_input(
     with model.trace(x, remote="local"):
         output = model.output.save()
     assert output.shape == (1, 2)
+
+
+@pytest.mark.parametrize("mode", [None, "no_grad", "inference"])
+def test_no_grad_or_inference_mode_around_a_trace_travel_with_it(make_net, x, mode, monkeypatch):
+    from nnsight_graph.ir.grad_mode import grad_mode_context
+    from nnsight_graph.ir.results import loads_results
+    from nnsight_graph.ir.wire import loads
+    from nnsight_graph.remote import execution
+
+    model = nnsight.NNsight(make_net().requires_grad_(True))
+    payloads: list[bytes] = []
+    run_payload = execution.run_payload
+
+    def keep(model, payload, limits):
+        payloads.append(payload)
+        return run_payload(model, payload, limits)
+
+    monkeypatch.setattr(execution, "run_payload", keep)
+    with grad_mode_context(mode), model.trace(x, remote="local"):
+        here = model.layer1.output.save()
+    (payload,) = payloads
+    assert loads(payload).grad_mode == mode
+    # a server runs it with grad enabled around it: the payload's mode is what counts
+    (there,) = loads_results(run_payload(model, payload)).values()
+    for value in (here, there):
+        assert value.requires_grad is (mode is None)
+        assert torch.allclose(value, model._module.layer1(x))
+    assert here.is_inference() is (mode == "inference")  # read back inside the mode
+
+
+def test_no_grad_around_a_remote_session_travels_with_it(make_net, x):
+    from nnsight_graph.session import session_graph
+
+    model = nnsight.NNsight(make_net().requires_grad_(True))
+    with torch.no_grad(), model.session(remote="local") as session:
+        with model.trace(x):
+            first = model.layer1.output.save()
+        with model.trace(x):
+            second = model.output.save()
+        graph = session_graph(session)
+    assert [trace.grad_mode for trace in graph.traces] == ["no_grad", "no_grad"]
+    assert not first.requires_grad and not second.requires_grad
