@@ -125,6 +125,7 @@ def _submit(session: Session, payload: bytes) -> bytes:
         return run_payload(session.model, payload, SERVER)
     from .remote.submit import submit  # httpx and the client: remote runs only
 
+    assert session.remote is not None  # only a remote session's payload is submitted
     session.job = submit(session.model, payload, session.remote, {})
     return session.job.payload()
 
