@@ -46,6 +46,9 @@ class Graph:
     options: dict[str, Any] = field(default_factory=dict)  # keywords for that call
     # recorded in this process; a loaded graph runs only what ir.registry allows
     trusted: bool = True
+    # "no_grad" or "inference" (ir.grad_mode): the autograd mode its sender runs the model in,
+    # which a loaded graph runs in too; None: the mode of whoever runs it
+    grad_mode: str | None = None
 
     def __str__(self) -> str:
         return "\n".join(str(node) for node in self.nodes)

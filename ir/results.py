@@ -1,10 +1,12 @@
 """Saved values as bytes: a JSON manifest of their structure, the tensors as safetensors.
 
 How a run's saved values travel back from a server (never pickle). The manifest maps each
-saved node id to its value's description: tensors by name (detached, on the CPU, a view sent
-as only its own elements), tuples, lists, str-keyed dicts, torch.Size, dtypes, devices,
-numbers, strings, bytes, None, and Hugging Face ModelOutputs (rebuilt as the class of that
-name in transformers.modeling_outputs, else as a dict). A value with no wire form (a KV cache
+saved node id to its value's description: tensors by name (on the CPU, a view sent as only
+its own elements; one that needed grad comes back as a leaf that does), tuples, lists,
+str-keyed dicts, torch.Size, dtypes, devices, numbers, strings, bytes, None, and Hugging Face
+ModelOutputs (rebuilt as their class when it is in transformers.modeling_outputs or in a
+transformers module this process has imported, such as a model's own output class, else as a
+dict). A value with no wire form (a KV cache
 object, say) is sent as `Omitted`, which names it and raises when used: never dropped silently.
 """
 
@@ -142,6 +144,8 @@ class _Encoder:
         if isinstance(value, torch.Tensor):
             name = f"t{len(self.tensors)}"
             self.tensors[name] = value
+            if value.requires_grad:  # the flag only: the autograd graph stays with the sender
+                return {"kind": "tensor", "name": name, "requires_grad": True}
             return {"kind": "tensor", "name": name}
         if isinstance(value, torch.Size):
             return {"kind": "size", "dims": [int(d) for d in value]}
@@ -152,7 +156,8 @@ class _Encoder:
         output = _model_output_class(value)
         if output is not None:
             fields = {k: self.value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
-            return {"kind": "output", "class": output, "items": fields}
+            module = type(value).__module__
+            return {"kind": "output", "class": output, "module": module, "items": fields}
         if type(value) in (tuple, list):
             entries = [self.value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
             return {"kind": type(value).__name__, "items": entries}
@@ -197,7 +202,10 @@ class _Decoder:
             name = model.get("name")
             if name not in self.tensors:
                 raise WireFormatError(f"the results name a tensor {name!r} they do not hold")
-            return self.tensors[name]
+            tensor = self.tensors[name]
+            if model.get("requires_grad") is True:
+                _require_grad(tensor, name)
+            return tensor
         if kind in ("tuple", "list"):
             items = [self.value(v, depth + 1) for v in _items(model, list)]
             return tuple(items) if kind == "tuple" else items
@@ -211,7 +219,7 @@ class _Decoder:
                 raise WireFormatError(f"the results hold a malformed mapping: {e}") from e
         if kind == "output":
             fields = {k: self.value(v, depth + 1) for k, v in _items(model, dict).items()}
-            return _model_output(model.get("class"), fields)
+            return _model_output(model.get("class"), model.get("module"), fields)
         if kind == "omitted":
             return Omitted(str(model.get("what", "a saved value")))
         return _decode_simple(model)
@@ -224,14 +232,36 @@ def _items(model: dict[str, Any], kind: type) -> Any:
     return items
 
 
-def _model_output(name: Any, items: dict[str, Any]) -> Any:
-    """The transformers ModelOutput class `name` holding `items`, or a plain dict."""
-    if not isinstance(name, str) or not name.isidentifier():
+def _require_grad(tensor: Any, name: str) -> None:
+    """Mark a received tensor as needing grad, as it did where it was saved."""
+    import torch
+
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        raise WireFormatError(
+            f"the results' tensor {name!r} is {tensor.dtype}, which cannot need grad"
+        )
+    if tensor.is_inference() and not torch.is_inference_mode_enabled():
+        return  # torch refuses the flag on an inference tensor outside inference mode
+    tensor.requires_grad_(True)
+
+
+def _model_output(name: Any, module: Any, items: dict[str, Any]) -> Any:
+    """The transformers ModelOutput class `name` holding `items`, or a plain dict.
+
+    The class is looked up in transformers.modeling_outputs, or in the transformers module
+    `module` when this process has imported it already (a model's own output class, such as
+    MambaCausalLMOutput): a results payload never makes this process import a module.
+    """
+    import sys
+
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         return items
     from transformers import modeling_outputs
     from transformers.utils import ModelOutput
 
     kind = getattr(modeling_outputs, name, None)
+    if kind is None and isinstance(module, str) and module.startswith("transformers."):
+        kind = getattr(sys.modules.get(module), name, None)
     if not (isinstance(kind, type) and issubclass(kind, ModelOutput)):
         return items
     try:

@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import WireFormatError
 from .functions import UNSET
+from .grad_mode import GRAD_MODES
 from .graph import Graph, Invoke
 from .limits import LOCAL, Limits
 from .node import Const, Node, Ref, SourceLoc
@@ -124,7 +125,7 @@ def _graph_header(
     constants = [
         _encode_constant(c, i, tensors, prefix, sessions) for i, c in enumerate(graph.constants)
     ]
-    return {
+    header: dict[str, Any] = {
         "nodes": [_encode_node(node) for node in graph.nodes],
         "constants": constants,
         "invokes": [_encode_invoke(invoke) for invoke in graph.invokes],
@@ -134,6 +135,13 @@ def _graph_header(
             _key(k, "options"): _encode_arg(v, "options") for k, v in graph.options.items()
         },
     }
+    if graph.grad_mode is not None:  # only then: a payload with grad enabled reads as before
+        if graph.grad_mode not in GRAD_MODES:
+            raise WireFormatError(
+                f"the graph's autograd mode {graph.grad_mode!r} is not one of {GRAD_MODES}"
+            )
+        header["grad_mode"] = graph.grad_mode
+    return header
 
 
 def _header(build: Any) -> bytes:
@@ -543,7 +551,16 @@ class _Decoder:
             raise WireFormatError(f"optional names nodes that do not exist: {sorted(unknown)}")
         options = {k: self.arg(v, "options", refs=False) for k, v in model.options.items()}
         optional = frozenset(model.optional)
-        return Graph(nodes, constants, invokes, optional, model.method, options, trusted=False)
+        return Graph(
+            nodes,
+            constants,
+            invokes,
+            optional,
+            model.method,
+            options,
+            trusted=False,
+            grad_mode=model.grad_mode,
+        )
 
     def node(self, model: NodeModel) -> Node:
         where = f"node %{model.id}"

@@ -15,8 +15,8 @@ from .node import MAX_SOURCE_TEXT
 from .ops import Op
 
 SCHEMA_VERSION = 2
-"""2 added session payloads (SessionModel) and the trace_ref constant; a version 1 payload
-(a graph) is still read."""
+"""2 added session payloads (SessionModel) and the trace_ref constant, then a graph's optional
+grad_mode (written only when it is set); a version 1 payload (a graph) is still read."""
 READABLE_VERSIONS = frozenset({1, 2})
 
 __all__ = [
@@ -238,6 +238,8 @@ class GraphModel(_Model):
     optional: list[Count] = []
     method: StrictStr = "trace"
     options: dict[str, Arg] = {}
+    # torch.no_grad() or torch.inference_mode() around the sender's trace; absent: grad enabled
+    grad_mode: Literal["no_grad", "inference"] | None = None
 
 
 class SessionTraceModel(_Model):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from .config import CONFIG
 from .editing import with_edits
 from .envoy import Envoy
 from .ir import BatchError, Const, Graph, Invoke, NNsightError, Node, Op, map_args
+from .ir.grad_mode import current_grad_mode, grad_mode_context
 from .ir.limits import LOCAL, SERVER, Limits
 from .passes import ModelFacts, run_passes
 from .passes.trust import check_untrusted
@@ -235,10 +236,12 @@ class NNsight(Envoy):
 
         An error the model itself raises (not our own, not the intervention code's, which
         carry their lines already) gets a note naming the module that failed and the inputs.
+        A graph with a grad_mode (a sender's `torch.no_grad()`) runs in that mode.
         """
         self._prepare(graph.method)
         try:
-            return self._execute_graph(graph, total_rows, key, limits, edits)
+            with grad_mode_context(graph.grad_mode):
+                return self._execute_graph(graph, total_rows, key, limits, edits)
         except Exception as error:
             if not isinstance(error, NNsightError):
                 failures.note_model_error(error, self._module, graph, key, self._input_hint())
@@ -269,11 +272,13 @@ class NNsight(Envoy):
             return loads_results(dumps_results(values), SERVER)  # as a server reads them
 
         with serving_local_blocks(through_wire):
-            return loads_results(run_payload(self, dumps(self._with_edits(graph)), SERVER))
+            return loads_results(run_payload(self, dumps(self._for_server(graph)), SERVER))
 
-    def _with_edits(self, graph: Graph) -> Graph:
-        """The graph with this model's edits first: what a server runs (it applies none)."""
-        return with_edits(self._edits, graph) if self._edits else graph
+    def _for_server(self, graph: Graph) -> Graph:
+        """What a server runs: the graph with this model's edits first (it applies none), in
+        the autograd mode of this thread now (`torch.no_grad()` around the trace)."""
+        graph = with_edits(self._edits, graph) if self._edits else graph
+        return replace(graph, grad_mode=current_grad_mode())
 
     def _remote_key(self) -> str:
         """The name a server hosts this model under (`X-NNsight-Graph-Model`)."""

@@ -6,6 +6,7 @@ when the session ends, so a later trace can use any value of an earlier one, sav
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from . import capture, frames, saving
 from .config import CONFIG
 from .editing import with_edits
 from .ir import GraphBuildError, NNsightError, SessionGraph
+from .ir.grad_mode import current_grad_mode
 from .ir.limits import SERVER
 from .ir.results import loads_session_results
 from .ir.wire import dumps_session
@@ -79,8 +81,9 @@ class Session(capture.CapturedBlock):
 
 
 def session_graph(session: Session) -> SessionGraph:
-    """The session's recorded traces as plain data (each with its model's edits merged in,
-    as a remote trace sends them)."""
+    """The session's recorded traces as plain data (each with its model's edits merged in and
+    this thread's autograd mode, as a remote trace sends them)."""
+    grad_mode = current_grad_mode()
     traces = []
     for tracer in session.traces:
         if tracer.method == "edit":
@@ -88,7 +91,8 @@ def session_graph(session: Session) -> SessionGraph:
         assert tracer.graph is not None
         graph = tracer.graph
         edits = tracer.model._edits
-        traces.append(with_edits(edits, graph) if edits and graph.invokes else graph)
+        graph = with_edits(edits, graph) if edits and graph.invokes else graph
+        traces.append(replace(graph, grad_mode=grad_mode))
     keep = [frozenset(t._recorder.kept if t._recorder else ()) for t in session.traces]
     return SessionGraph(traces, keep)
 

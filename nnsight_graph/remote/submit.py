@@ -27,10 +27,11 @@ def run_graph(
     model: NNsight, graph: Graph, host: str, names: dict[int, str], blocking: bool = True,
     blocks: LocalBlocks | None = None,
 ) -> tuple[Job, dict[int, Any]]:
-    """Run `graph` (with the model's edits merged in, as a server applies none of its own)
-    on the server; the job and, when `blocking`, its saved values by node id. The job runs
-    the trace's nnsight.local() `blocks` here when the server reaches them."""
-    job = submit(model, dumps(model._with_edits(graph)), host, names)
+    """Run `graph` (with the model's edits merged in, as a server applies none of its own,
+    and this thread's autograd mode) on the server; the job and, when `blocking`, its saved
+    values by node id. The job runs the trace's nnsight.local() `blocks` here when the
+    server reaches them."""
+    job = submit(model, dumps(model._for_server(graph)), host, names)
     job.local_blocks = blocks if blocks else None
     if not blocking:
         return job, {}

@@ -67,6 +67,9 @@ def test_a_bounded_iter_runs_only_its_steps(llm):
     assert len(tokens) == 3
 
 
+# local only: the user's streamer is a Python object of this process, which no payload can carry
+# (test_remote_local.py checks the remote path's error)
+@pytest.mark.local_only
 def test_a_streamer_of_the_user_still_gets_every_value(llm):
     class Collect:
         def __init__(self):

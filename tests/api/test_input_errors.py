@@ -23,6 +23,9 @@ def only_note(error: BaseException) -> str:
     ],
     ids=["wrong-width", "dict", "string"],
 )
+# local only: the note names the line of the trace, which a server does not know (the remote
+# path's note, with the module and the input, is checked in test_remote_local.py)
+@pytest.mark.local_only
 def test_a_bad_input_names_the_module_the_trace_and_the_input(
     model, net, x, value, kind, described, line_of, clean
 ):

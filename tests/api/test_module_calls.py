@@ -58,6 +58,8 @@ def test_a_loaded_call_of_a_module_the_model_lacks_is_refused(llm):
         llm.run(loads(dumps(graph.with_nodes(nodes))))
 
 
+# local only: about what a local trace may call; test_remote_local.py checks the remote error
+@pytest.mark.local_only
 def test_another_models_module_is_a_local_function_that_does_not_serialize(make_net):
     first, second = make_net(), make_net()
     model, other = nnsight.NNsight(first), nnsight.NNsight(second)

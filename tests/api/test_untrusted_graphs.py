@@ -117,6 +117,8 @@ def test_an_unknown_option_is_refused(model, x):
         model.run(loads(dumps(graph)))
 
 
+# local only: about what a local trace may call; test_remote_local.py checks the remote error
+@pytest.mark.local_only
 def test_a_local_trace_may_call_any_importable_function_but_not_once_loaded(model, x):
     with model.trace(x) as tracer:
         value = torch.special.bessel_j0(model.layer1.output).save()  # not in the registry

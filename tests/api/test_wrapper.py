@@ -152,6 +152,9 @@ def test_another_models_envoy_in_a_trace_is_an_error(make_net, x, line_of):
             other.layer1.source.F_linear_0.output.save()
 
 
+# local only: another model's module is a Python object of this process, which no payload can
+# carry (test_remote_local.py checks the remote path's error)
+@pytest.mark.local_only
 def test_another_models_module_may_be_called_on_traced_values(make_net, x):
     model, other = NNsight(make_net()), NNsight(make_net())
     with model.trace(x):

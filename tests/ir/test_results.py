@@ -55,6 +55,56 @@ def test_a_model_output_comes_back_as_its_class_and_a_cache_object_as_omitted():
         back.past_key_values.get_seq_length()
 
 
+def test_a_model_specific_output_class_comes_back_as_that_class():
+    from transformers.models.mamba.modeling_mamba import MambaCausalLMOutput
+
+    output = MambaCausalLMOutput(logits=torch.ones(1, 2, 3))
+    back = loads_results(dumps_results({0: output}))[0]
+    assert type(back) is MambaCausalLMOutput
+    assert torch.equal(back.logits, output.logits)
+
+
+def _with_output_class(payload: bytes, name: str, module: str) -> bytes:
+    """The results payload of one saved ModelOutput with its class and module replaced."""
+    import json
+
+    from nnsight_graph.ir.results import MAGIC
+    from nnsight_graph.ir.wire import _LENGTH_BYTES
+
+    container = zstandard.ZstdDecompressor().decompress(payload)
+    start = len(MAGIC) + _LENGTH_BYTES
+    size = int.from_bytes(container[len(MAGIC) : start], "little")
+    manifest = json.loads(container[start : start + size])
+    manifest["values"]["0"].update({"class": name, "module": module})
+    header = json.dumps(manifest).encode()
+    forged = MAGIC + len(header).to_bytes(_LENGTH_BYTES, "little") + header
+    return zstandard.ZstdCompressor().compress(forged + container[start + size :])
+
+
+def test_an_output_class_is_only_looked_up_never_imported():
+    import sys
+
+    payload = dumps_results({0: CausalLMOutputWithPast(logits=torch.ones(1))})
+    missing = "transformers.models.mamba2.modeling_mamba2_absent"
+    for name, module in [
+        ("Mamba2CausalLMOutput", missing),  # a module this process has not imported
+        ("path", "os"),  # not a transformers module
+        ("_private", "transformers.modeling_outputs"),  # an underscore name
+        ("DynamicCache", "transformers.cache_utils"),  # a class, but not a ModelOutput
+    ]:
+        back = loads_results(_with_output_class(payload, name, module))[0]
+        assert type(back) is dict and torch.equal(back["logits"], torch.ones(1))
+    assert missing not in sys.modules
+
+
+def test_a_tensor_that_needed_grad_comes_back_as_a_leaf_that_does():
+    weight = torch.ones(2, requires_grad=True)
+    back = loads_results(dumps_results({0: weight * 2, 1: (weight * 2).detach()}))
+    assert back[0].requires_grad and back[0].grad_fn is None
+    assert torch.equal(back[0].detach(), torch.full((2,), 2.0))
+    assert not back[1].requires_grad
+
+
 def test_malformed_results_are_refused_clearly():
     with pytest.raises(WireFormatError, match="not an nnsight_graph payload"):
         loads_results(zstandard.ZstdCompressor().compress(b"NNGRAPH1" + b"\0" * 16))

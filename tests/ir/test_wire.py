@@ -6,6 +6,7 @@ import math
 import random
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,21 @@ def test_recorded_graph_round_trips_and_runs_the_same(record):
         else:
             assert theirs == mine
     _assert_same_results(model.run(graph), model.run(loaded))
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference"])
+def test_the_autograd_mode_round_trips_and_the_graph_runs_in_it(mode):
+    model = NNsight(_model()._module.requires_grad_(True))
+    graph = _cross_invoke(model)
+    assert graph.grad_mode is None and "grad_mode" not in _open(dumps(graph))[0]
+    loaded = loads(dumps(replace(graph, grad_mode=mode)))
+    assert loaded.grad_mode == mode
+    saved = model.run(loaded)
+    assert saved and not any(value.requires_grad for value in saved.values())
+    assert all(value.is_inference() for value in saved.values()) is (mode == "inference")
+    assert all(value.requires_grad for value in model.run(loads(dumps(graph))).values())
+    with pytest.raises(WireFormatError, match="autograd mode 'enable_grad'"):
+        dumps(replace(graph, grad_mode="enable_grad"))
 
 
 def test_save_and_load_a_file(tmp_path: Path):
@@ -456,6 +472,7 @@ def _edit(edit) -> bytes:
         (lambda h: h["constants"].append({"kind": "device", "name": "nope"}), "bad device"),
         (lambda h: h["constants"].append({"kind": "tensor", "name": "c9"}), "do not match"),
         (lambda h: h["constants"].pop(0), "do not match"),
+        (lambda h: h.update(grad_mode="enable_grad"), "does not match the graph schema"),
     ],
 )
 def test_malformed_headers_are_refused(edit, match):
