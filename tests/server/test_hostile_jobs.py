@@ -236,6 +236,23 @@ def test_a_job_of_many_nodes_stops_at_the_deadline(http: httpx.Client, context: 
     assert_still_serving(http, context)
 
 
+def test_a_job_stuck_in_one_node_is_stopped_and_the_worker_restarted(
+    http: httpx.Client, context: Context
+) -> None:
+    answer = submit(http, _looping(context, 8192, 3))  # one matmul of ~10**12 flops
+    assert answer.status_code == 202, answer.text
+    started = time.monotonic()
+    info = final_status(http, answer.json()["job_id"])
+    assert info["status"] == "ERROR", info
+    if info["error"]["type"] == "LimitError":  # a fast machine finished the first matmul
+        assert "deadline of 3 s" in info["error"]["message"]
+    else:
+        assert info["error"]["type"] == "TimeoutError", info["error"]
+        assert "ran past its deadline of 3 s and did not stop" in info["error"]["message"]
+    assert time.monotonic() - started < DEADLINE_S + 10
+    assert_still_serving(http, context)
+
+
 def test_after_the_batch_a_normal_trace_is_correct(http: httpx.Client, context: Context) -> None:
     payload = dumps(context.graph)
     answer = submit(http, payload)
