@@ -3,20 +3,27 @@ must end in: one clear library error before any effect, or a bounded, correct ru
 
 `tests/security/payload_runner.py` runs each case in a process of its own; the test reads its
 report. Every case names its expected outcome as `ErrorType: regex` ("ok" for a correct run).
+`Context(workdir, on="llm")` records the same graphs on the shipped GPT-2, for the server's
+version of the suite (tests/server/test_hostile_jobs.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import zstandard
 
-from nnsight_graph.ir import Graph, Op
+import nnsight_graph as nnsight
+from nnsight_graph.ir import Graph, Op, ref
 from nnsight_graph.ir.wire import MAGIC, dumps
+from nnsight_graph.models import tiny_gpt2_path
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,54 @@ class Case:
     build: Callable[[Any], bytes]  # the runner's context -> payload
     expect: str  # "ok", or "ErrorType: regex"
     model: str = "net"  # "net" (the walkthrough net) or "llm" (the shipped GPT-2)
+
+
+class Context:
+    """What the cases build their payloads from: real recorded graphs and the effects a
+    payload would have if it ran (creating the canary file).
+
+    `on="net"` records `graph` and `failing` on the walkthrough net (module `layer1`);
+    `on="llm"` records them on the shipped GPT-2 (module `transformer.h.0`), as a server
+    hosting it would receive them. `generate` is always a GPT-2 generate graph.
+    """
+
+    def __init__(self, workdir: Path, on: Literal["net", "llm"] = "net") -> None:
+        torch.manual_seed(0)
+        layers = OrderedDict(
+            [("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))]
+        )
+        self.net = nnsight.NNsight(torch.nn.Sequential(layers).requires_grad_(False))
+        self.llm = nnsight.LanguageModel(tiny_gpt2_path(), dispatch=True)
+        self.x: Any = torch.rand(1, 5) if on == "net" else "Hello world"
+        self.canary = str(workdir / "CANARY")
+        self.fifo = str(workdir / "fifo")
+        os.mkfifo(self.fifo)
+        self.first_ref = ref(0)
+        model = self.net if on == "net" else self.llm
+        self.module = "layer1" if on == "net" else "transformer.h.0"  # a module it has
+        self.rank = 2 if on == "net" else 3  # dimensions of that module's output
+        first = model.layer1 if on == "net" else self.llm.transformer.h[0]
+        last = model if on == "net" else self.llm.lm_head  # GPT-2's output holds its cache
+        with model.trace(self.x, run=False) as tracer:
+            hidden = first.output
+            hidden.clone().save()
+            torch.sum(hidden).save()
+            last.output.save()
+        self.graph: Graph = tracer.graph
+        with model.trace(self.x, run=False) as tracer:
+            first.output[:, 99].save()
+        self.failing: Graph = tracer.graph
+        with self.llm.generate("Hello", max_new_tokens=2, run=False) as tracer:
+            self.llm.generator.output.save()
+        self.generate: Graph = tracer.graph
+
+    def effect_for(self, function: str) -> str:
+        """The argument that would create the canary if `function` ran with it."""
+        if function.startswith(("builtins.exec", "builtins.eval", "builtins.compile")):
+            return f"open({self.canary!r}, 'w').write('ran')"
+        if function.startswith(("os.", "subprocess.", "torch.os.")):
+            return f"touch {self.canary}"
+        return self.canary
 
 
 def edited(graph: Graph, which: Op, **changes: Any) -> bytes:
@@ -165,7 +220,8 @@ def _cases() -> list[Case]:
         Case(
             "repeat to 10**12 elements",
             lambda ctx: edited(
-                ctx.graph, Op.METHOD, target="repeat", args=(ctx.first_ref, 10**6, 10**6)
+                ctx.graph, Op.METHOD, target="repeat",
+                args=(ctx.first_ref, *[1] * (ctx.rank - 2), 10**6, 10**6),
             ),
             LIMIT,
         ),
@@ -176,12 +232,12 @@ def _cases() -> list[Case]:
         ),
         Case(
             "a dunder module path",
-            lambda ctx: edited(ctx.graph, Op.READ, target="layer1.__class__.output"),
+            lambda ctx: edited(ctx.graph, Op.READ, target=f"{ctx.module}.__class__.output"),
             REGISTRY + "does not have",
         ),
         Case(
             "not a hook site",
-            lambda ctx: edited(ctx.graph, Op.READ, target="layer1.weight"),
+            lambda ctx: edited(ctx.graph, Op.READ, target=f"{ctx.module}.weight"),
             REGISTRY + "not a hook site",
         ),
         Case(

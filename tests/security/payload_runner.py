@@ -14,7 +14,6 @@ import resource
 import signal
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -22,51 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import hostile_cases  # noqa: E402
 
-import nnsight_graph as nnsight  # noqa: E402
-from nnsight_graph.ir import Graph, ref  # noqa: E402
 from nnsight_graph.ir.limits import SERVER  # noqa: E402
-from nnsight_graph.models import tiny_gpt2_path  # noqa: E402
 
 TIMEOUT_S = 20
 MEMORY_CEILING = 3 << 30  # bytes of address space a case may add to the runner's
-
-
-class Context:
-    """What the cases build their payloads from: real recorded graphs and the effects a
-    payload would have if it ran (creating the canary file)."""
-
-    def __init__(self, workdir: Path) -> None:
-        torch.manual_seed(0)
-        layers = OrderedDict(
-            [("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))]
-        )
-        self.net = nnsight.NNsight(torch.nn.Sequential(layers).requires_grad_(False))
-        self.llm = nnsight.LanguageModel(tiny_gpt2_path(), dispatch=True)
-        self.x = torch.rand(1, 5)
-        self.canary = str(workdir / "CANARY")
-        self.fifo = str(workdir / "fifo")
-        os.mkfifo(self.fifo)
-        self.first_ref = ref(0)
-        with self.net.trace(self.x, run=False) as tracer:
-            hidden = self.net.layer1.output
-            hidden.clone().save()
-            torch.sum(hidden).save()
-            self.net.output.save()
-        self.graph: Graph = tracer.graph
-        with self.net.trace(self.x, run=False) as tracer:
-            self.net.layer1.output[:, 99].save()
-        self.failing: Graph = tracer.graph
-        with self.llm.generate("Hello", max_new_tokens=2, run=False) as tracer:
-            self.llm.generator.output.save()
-        self.generate: Graph = tracer.graph
-
-    def effect_for(self, function: str) -> str:
-        """The argument that would create the canary if `function` ran with it."""
-        if function.startswith(("builtins.exec", "builtins.eval", "builtins.compile")):
-            return f"open({self.canary!r}, 'w').write('ran')"
-        if function.startswith(("os.", "subprocess.", "torch.os.")):
-            return f"touch {self.canary}"
-        return self.canary
 
 
 def _address_space() -> int:
@@ -74,7 +32,7 @@ def _address_space() -> int:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_case(context: Context, case: hostile_cases.Case, payload: bytes) -> dict:
+def run_case(context: hostile_cases.Context, case: hostile_cases.Case, payload: bytes) -> dict:
     """In the child: load and run the payload; what it ended in."""
     ceiling = _address_space() + MEMORY_CEILING
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
@@ -93,7 +51,7 @@ def run_case(context: Context, case: hostile_cases.Case, payload: bytes) -> dict
 
 def main(workdir: Path, report: Path) -> None:
     torch.set_num_threads(1)
-    context = Context(workdir)
+    context = hostile_cases.Context(workdir)
     results = {}
     for case in hostile_cases.CASES:
         try:
