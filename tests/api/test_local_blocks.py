@@ -85,6 +85,7 @@ def test_a_block_in_a_remote_session_says_what_to_do_instead(llm):
                     print(llm.transformer.h[0].output.shape)
 
 
+@pytest.mark.local_only  # a session that runs here: forced remote makes it a remote one
 def test_a_block_in_a_local_session_runs_in_place(llm, capsys):
     with llm.session():
         with llm.trace(PROMPT):
