@@ -385,9 +385,7 @@ def test_barrier(alice, tiny):
                 out = llm.lm_head.output.argmax(dim=-1).save()
         return {"out": out}
 
-    values = remote_equals_local(tiny, cell)
-    assert tiny.tokenizer.decode(values["out"][0, -1]) == tiny.tokenizer.decode(
-        cell(tiny, False)["out"][0, -1])
+    remote_equals_local(tiny, cell)
 
 
 def test_tracer_result(alice, tiny):
