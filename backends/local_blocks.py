@@ -41,7 +41,7 @@ def run_local(node: Node, args: tuple[Any, ...]) -> dict[int, Any]:
             "recorded it: run the trace with remote=True (or remote='local') from there"
         )
     outputs = list(node.kwargs["outputs"])
-    values = handler(node.kwargs["block"], dict(zip(node.kwargs["inputs"], args)), outputs)
+    values = handler(node.kwargs["block"], dict(zip(node.kwargs["inputs"], args, strict=True)), outputs)
     if sorted(values) != sorted(outputs):
         raise ExecutionError(
             f"the client sent values for nodes {sorted(values)} of its nnsight.local() block, "

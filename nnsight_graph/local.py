@@ -21,9 +21,8 @@ from typing import Any
 
 from .backends.apply import apply
 from .backends.values import arg_value
-from .ir import HOOKED, Graph, GraphBuildError, Node, NNsightError, Op, Ref, mutates, ref
+from .ir import HOOKED, Graph, GraphBuildError, NNsightError, Node, Op, Ref, mutates, ref
 from .ir.errors import add_note
-from .proxy import Proxy
 from .recorder import Recorder, _proxies_in, active
 
 _SERVER_ONLY = frozenset({Op.STOP, Op.BARRIER, Op.BACKWARD, Op.CACHE, Op.SKIP, Op.WRITE})

@@ -14,14 +14,14 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
 from ..ir.errors import NNsightError, WireFormatError
-from ..ir.wire_schema import SCHEMA_VERSION
 from ..ir.results import loads_results
+from ..ir.wire_schema import SCHEMA_VERSION
 from ..remote.execution import check_payload
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, registry, render
+from .models import HostedModel
 from .policy import Policy, admit
 from .policy import whoami as policy_whoami
-from .models import HostedModel
 from .store import FINAL, Store
 
 LOCAL_USER = "local"

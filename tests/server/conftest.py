@@ -2,12 +2,13 @@
 free port, with two users' keys, started once for the module and stopped in teardown."""
 
 from collections.abc import Iterator
+
 import pytest
+from serving import KEYS, keys_file
 
 import nnsight_graph as nnsight
 from nnsight_graph.models import tiny_gpt2_path
 from nnsight_graph.server.launch import local_server
-from serving import KEYS, keys_file
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ in the store and run after the next start)."""
 import os
 import signal
 
-from nnsight_graph.server.launch import server_process
 from serving import http_client, job_payload, submit, wait_for
+
+from nnsight_graph.server.launch import server_process
 
 
 def _model(http) -> dict:

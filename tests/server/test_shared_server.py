@@ -5,11 +5,14 @@ state in Prometheus' format at /metrics."""
 from collections.abc import Iterator
 
 import pytest
+from serving import KEYS
+from serving import http_client as _http
+from serving import job_payload as _payload
+from serving import submit as _submit
+from serving import wait_for as _wait
 
 from nnsight_graph.server.app import hash_key
 from nnsight_graph.server.launch import local_server
-from serving import KEYS, http_client as _http, job_payload as _payload, submit as _submit
-from serving import wait_for as _wait
 
 CAROL = "carol-has-no-time-left"  # a key whose daily budget is 0 s
 
