@@ -18,7 +18,7 @@ import nnsight_graph as nnsight
 
 PROMPT = "The Eiffel Tower is in the city of"
 OTHER = "Buckingham Palace is in the city of"  # as many tokens as PROMPT
-ATOL = 1e-5
+ATOL = 1e-4  # two processes: a busy machine may sum a matmul in another order (1e-4 seen)
 
 Cell = Callable[[nnsight.LanguageModel, Any], dict[str, Any]]
 
@@ -28,7 +28,7 @@ def assert_same(remote: Any, local: Any, where: str = "") -> None:
         assert isinstance(remote, torch.Tensor), f"{where}: {type(remote)}"
         assert remote.shape == local.shape, f"{where}: {remote.shape} != {local.shape}"
         assert remote.dtype == local.dtype, f"{where}: {remote.dtype} != {local.dtype}"
-        assert torch.allclose(remote.float(), local.float(), atol=ATOL), where
+        assert torch.allclose(remote.float(), local.float(), atol=ATOL, rtol=ATOL), where
     elif isinstance(local, dict):
         assert sorted(remote) == sorted(local), where
         for key in local:
