@@ -21,8 +21,9 @@ from typing import Any
 
 from .backends.apply import apply
 from .backends.values import arg_value
-from .ir import HOOKED, Graph, GraphBuildError, NNsightError, Node, Op, Ref, mutates, ref
+from .ir import Graph, GraphBuildError, NNsightError, Node, Op, Ref, mutates, ref
 from .ir.errors import add_note
+from .proxy import _set_id
 from .recorder import Recorder, _proxies_in, active
 
 _SERVER_ONLY = frozenset({Op.STOP, Op.BARRIER, Op.BACKWARD, Op.CACHE, Op.SKIP, Op.WRITE})
@@ -156,7 +157,7 @@ def _split(recorder: Recorder, start: int, held: list[Any]) -> None:
         if proxy._nn_recorder is recorder and made is not None and made in block_ids:
             getitem = recorder.append(Op.GETITEM, "", (ref(local), made), {})
             block.outputs[getitem] = made
-            object.__setattr__(proxy, "_nn_id", getitem)
+            _set_id(proxy, getitem)
     recorder.local_ids = recorder.local_ids | block_ids
     recorder.local_blocks = [*recorder.local_blocks, block]
 
@@ -166,19 +167,19 @@ def _runs_on_server(node: Node, block_ids: set[int]) -> bool:
     read, a module call, a save of the run's value); refuse what a block may not do."""
     uses_block = any(r.id in block_ids for r in node.inputs())
     op = node.op
-    if op in _SERVER_ONLY or (op in HOOKED and uses_block):
+    if op in _SERVER_ONLY:  # of the hook ops only READ is left, and it reads no block value
         where = f" at {node.loc}" if node.loc else ""
         raise GraphBuildError(
             f"{node.op.value} {node.target}{where} changes the model's run, which happens on "
             "the server, inside an nnsight.local() block that runs on the client: move it "
             "after the block"
         )
-    if op in HOOKED or op is Op.CALL_MODULE:
-        if op is Op.CALL_MODULE and uses_block:
-            raise GraphBuildError(
-                f"calling {node.target} on a value of an nnsight.local() block runs the model's "
-                "module on the client, which has no weights: call it after the block"
-            )
+    if op is Op.CALL_MODULE and uses_block:
+        raise GraphBuildError(
+            f"calling {node.target} on a value of an nnsight.local() block runs the model's "
+            "module on the client, which has no weights: call it after the block"
+        )
+    if op is Op.READ or op is Op.CALL_MODULE:
         return True
     if op is Op.SAVE:
         return not uses_block
