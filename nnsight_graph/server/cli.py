@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -85,11 +86,18 @@ def serve(args: argparse.Namespace) -> None:
     for model in hosted.values():
         model.start()
     app = create_app(store, hosted, keys, args.max_body)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler
+    # that ends the process before `finally`, leaving the workers running
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         for model in hosted.values():
             model.stop()
+
+
+def _exit_on_signal(number: int, frame: object) -> None:
+    raise SystemExit(128 + number)
 
 
 def main(argv: list[str] | None = None) -> None:
