@@ -39,13 +39,23 @@ class NNsight(Envoy):
     real ones keep working; graphs, caches and errors use the real paths). `envoys=` picks
     Envoy subclasses for modules, by module class or by path suffix:
     `envoys={torch.nn.Linear: LinearEnvoy, "h.*": BlockEnvoy}` (or one class for all).
+    `remote_name="net"` names the model a server hosts for this one (`serve --model
+    net=package.module:factory`), so that `trace(x, remote=True)` runs there.
     """
 
     _alias_table: renaming.AliasTable = {}  # a model without rename= has none; never mutated
     _rename: Any = None
     _envoys: Any = None
+    _remote_name: str | None = None
 
-    def __init__(self, module: torch.nn.Module, *, rename: Any = None, envoys: Any = None) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        rename: Any = None,
+        envoys: Any = None,
+        remote_name: str | None = None,
+    ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"NNsight wraps a torch.nn.Module, not {type(module).__name__}")
         super().__init__(module, "")
@@ -53,6 +63,8 @@ class NNsight(Envoy):
         object.__setattr__(self, "_facts", None)
         object.__setattr__(self, "_plans", {})
         object.__setattr__(self, "_edits", [])
+        if remote_name is not None:
+            object.__setattr__(self, "_remote_name", remote_name)
         if envoys is not None:
             object.__setattr__(self, "_envoys", renaming.check_envoys(envoys, Envoy))
         if rename:
@@ -282,10 +294,13 @@ class NNsight(Envoy):
 
     def _remote_key(self) -> str:
         """The name a server hosts this model under (`X-NNsight-Graph-Model`)."""
+        if self._remote_name is not None:
+            return self._remote_name
         raise NNsightError(
             f"remote runs need a model a server hosts by name, not a {type(self._module).__name__} "
             "built in this process: load it with LanguageModel(NAME) for a NAME the server "
-            "lists in GET /v1/models, or run the trace locally (leave out remote=)"
+            "lists in GET /v1/models, give NNsight(net, remote_name=NAME) the name the server "
+            "hosts the same net under, or run the trace locally (leave out remote=)"
         )
 
     def _execute_graph(

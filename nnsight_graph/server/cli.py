@@ -26,8 +26,11 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="nnsight-graph", description="nnsight_graph's server")
     commands = top.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="host models for remote=True traces")
-    serve.add_argument("--model", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID",
-                       help="a model to host (repeat for more); default: the shipped tiny GPT-2 "
+    serve.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
+                       help="a model to host (repeat for more): NAME=PATH_OR_HUB_ID for a "
+                       "LanguageModel, or NAME=package.module:factory for a torch.nn.Module "
+                       "that your own importable function returns (clients use "
+                       "NNsight(net, remote_name=NAME)); default: the shipped tiny GPT-2 "
                        f"as {DEFAULT_MODEL}")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=6677)
@@ -64,7 +67,8 @@ def models_of(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, where = spec.partition("=")
         if not sep or not name or not where:
-            raise SystemExit(f"--model {spec!r}: write NAME=PATH_OR_HUB_ID")
+            raise SystemExit(f"--model {spec!r}: write NAME=PATH_OR_HUB_ID or "
+                             "NAME=package.module:factory")
         models[name] = tiny_gpt2_path() if where == DEFAULT_MODEL else where
     return models
 

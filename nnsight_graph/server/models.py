@@ -16,29 +16,29 @@ from pathlib import Path
 from typing import Any
 
 from ..ir.limits import Limits
-from . import worker
+from . import hosting, worker
 from .store import Store
 
 _TICK_S = 0.1
 
 
 class HostedModel:
-    """A model the server hosts under `name`, loaded from `spec` (a directory or hub id)."""
+    """A model the server hosts under `name`, loaded from `spec` (a directory or hub id, or
+    an operator's `package.module:factory`)."""
 
     def __init__(
         self, name: str, spec: str, store: Store, limits: Limits, device: str = "cpu",
         dtype: str | None = None, cancel_grace_s: float = 5.0,
         max_running_per_key: int | None = None,
     ) -> None:
-        from nnsight_graph import LanguageModel
-
         self.name, self.spec, self.store, self.limits = name, spec, store, limits
         self.device, self.dtype, self.cancel_grace_s = device, dtype, cancel_grace_s
         self.max_running_per_key = max_running_per_key
-        self.shape = LanguageModel(spec)  # meta tensors: module paths, config, tokenizer
+        self.shape = hosting.shape_of(spec)  # meta tensors: module paths, config, tokenizer
         self.site_paths = frozenset(self.shape._site_paths())
-        self.config = self.shape.config.to_dict()
-        self.tokenizer_files = _tokenizer_files(self.shape.tokenizer)
+        self.config = hosting.config_of(self.shape)
+        tokenizer = getattr(self.shape, "tokenizer", None) if self.config else None
+        self.tokenizer_files = _tokenizer_files(tokenizer) if tokenizer is not None else {}
         self.state = "loading"
         self.error: dict[str, Any] | None = None
         self.running: str | None = None

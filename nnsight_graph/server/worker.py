@@ -110,6 +110,10 @@ class _LogStream(io.TextIOBase):
 def load_model(spec: str, device: str, dtype: str | None) -> Any:
     from nnsight_graph import LanguageModel
 
+    from .hosting import is_factory, load_factory_model
+
+    if is_factory(spec):
+        return load_factory_model(spec, device, dtype)
     kwargs: dict[str, Any] = {}
     if dtype:
         import torch

@@ -1,5 +1,6 @@
 """A real server on loopback for the remote tests: `nnsight-graph serve` in a subprocess on a
-free port, with two users' keys, started once for the module and stopped in teardown."""
+free port, hosting the tiny GPT-2 and the walkthrough net, with two users' keys, started once
+for the module and stopped in teardown."""
 
 from collections.abc import Iterator
 
@@ -10,11 +11,15 @@ import nnsight_graph as nnsight
 from nnsight_graph.models import tiny_gpt2_path
 from nnsight_graph.server.launch import local_server
 
+NET_FACTORY = "nnsight_graph.models.walkthrough:walkthrough_net"
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("server")
-    with local_server("--api-keys", str(keys_file(folder)), store=str(folder / "store")) as url:
+    hosted = ["--model", "tiny-gpt2=tiny-gpt2", "--model", f"net={NET_FACTORY}"]
+    with local_server(*hosted, "--api-keys", str(keys_file(folder)),
+                      store=str(folder / "store")) as url:
         yield url
 
 

@@ -139,7 +139,7 @@ def test_refusals_carry_a_code_and_a_hint(alice, tiny, make_net):
         client.submit(dumps(tracer.graph), "tiny-gpt2")
     assert (caught.value.status, caught.value.code) == (422, "refused")
     assert "layer1" in str(caught.value)
-    with pytest.raises(RemoteError, match="hosted: tiny-gpt2") as caught:
+    with pytest.raises(RemoteError, match="hosted: net, tiny-gpt2") as caught:
         client.submit(dumps(tracer.graph), "llama")
     assert caught.value.code == "unknown_model"
     answer = httpx.get(f"{alice}/v1/models", headers={**auth, "X-NNsight-Graph-Schema": "999"})
