@@ -10,8 +10,8 @@ from serving import http_client, job_payload, submit, wait_for
 from nnsight_graph.server.launch import server_process
 
 
-def _model(http) -> dict:
-    (model,) = http.get("/v1/models").json()
+def _model(http, name: str = "tiny-gpt2") -> dict:
+    (model,) = [m for m in http.get("/v1/models").json() if m["name"] == name]
     return model
 
 
