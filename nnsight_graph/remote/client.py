@@ -31,6 +31,7 @@ FINAL = frozenset({"COMPLETED", "ERROR", "CANCELLED"})
 
 _POLL_S = 0.05  # the first wait between polls of a job's events; it doubles up to _POLL_MAX_S
 _POLL_MAX_S = 1.0
+_SOCKET_MAX_BYTES = 64 << 20  # an event over the socket: a LOCAL event carries up to 32 MiB
 _OUR_MODULE = re.compile(r"nnsight_graph(\.[a-z][a-z0-9_]*)*")
 
 
@@ -154,14 +155,17 @@ class Client:
     def tokenizer_files(self, name: str) -> dict[str, str]:
         return dict(self.request("GET", f"/v1/models/{name}/tokenizer").json()["files"])
 
-    def follow(self, job_id: str, after: int = 0, timeout: float | None = None) -> Iterator[dict]:
+    def follow(
+        self, job_id: str, after: int = 0, timeout: float | None = None, inline: bool = False
+    ) -> Iterator[dict]:
         """The job's events from `after` on, as they happen, until its final status: over its
         WebSocket, or by polling where a socket cannot be opened. Raises TimeoutError past
-        `timeout` seconds."""
+        `timeout` seconds. `inline`: a small result rides on the socket's COMPLETED event as
+        base64 under "result" (one request fewer)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = after
         try:
-            for event in self._socket_events(job_id, after, deadline):
+            for event in self._socket_events(job_id, after, deadline, inline):
                 seen = event["seq"]
                 yield event
                 if _is_final(event):
@@ -171,11 +175,14 @@ class Client:
         yield from self._polled_events(job_id, seen, deadline)
 
     def _socket_events(
-        self, job_id: str, after: int, deadline: float | None
+        self, job_id: str, after: int, deadline: float | None, inline: bool = False
     ) -> Iterator[dict]:
         url = re.sub(r"^http", "ws", self.host) + f"/v1/jobs/{job_id}/events?after={after}"
+        if inline:
+            url += "&result=inline"
         headers = {k: v for k, v in self.headers.items()}
-        with connect(url, additional_headers=headers, open_timeout=10) as socket:
+        with connect(url, additional_headers=headers, open_timeout=10,
+                     max_size=_SOCKET_MAX_BYTES) as socket:
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -277,6 +284,8 @@ class Job:
         self.local_blocks: Any = None
         self._seen = 0
         self._saved: dict[int, Any] | None = None
+        self._inline: bytes | None = None  # the result, when the COMPLETED event carried it
+        self._final: str | None = None  # the final status, once followed to it
 
     @classmethod
     def attach(cls, job_id: str, host: str | None = None, api_key: str | None = None) -> Job:
@@ -304,16 +313,23 @@ class Job:
     def wait(self, timeout: float | None = None) -> str:
         """Follow the job's events until it ends; its final status. TimeoutError past
         `timeout` seconds (the job goes on)."""
+        if self._final is not None:
+            return self._final  # followed to its end already: no events are left to wait for
         status = None
-        for event in self.client.follow(self.id, self._seen, timeout):
+        for event in self.client.follow(self.id, self._seen, timeout, inline=True):
             self._seen = event["seq"]
             if self.on_event is not None:
                 self.on_event(event)
             if event.get("type") == "STATUS":
                 status = event["status"]
+                if status == "COMPLETED" and "result" in event:  # small: sent with the event
+                    self._inline = base64.b64decode(event.pop("result"))
             elif event.get("type") == "LOCAL" and self.local_blocks is not None:
                 self._run_local(event)
-        return str(status) if status is not None else self.status()
+        status = str(status) if status is not None else self.status()
+        if status in FINAL:
+            self._final = status
+        return status
 
     def _run_local(self, event: dict) -> None:
         """Run the nnsight.local() block the job reached on the values it sent; send back
@@ -343,7 +359,7 @@ class Job:
             raise rebuild_error(error, self.id)
         if status == "CANCELLED":
             raise JobCancelledError(f"job {self.id} was cancelled, so it has no result")
-        return self.client.result(self.id)
+        return self._inline if self._inline is not None else self.client.result(self.id)
 
     def saved(self, timeout: float | None = None) -> dict[int, Any]:
         """The saved values by node id, once the job completed; its error, raised, if not."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from .store import FINAL, Store
 
 LOCAL_USER = "local"
 _NAMES_BYTES = 64 << 10
+INLINE_RESULT_BYTES = 256 << 10  # a result up to this size rides on the COMPLETED event
+_RECHECK_S = 1.0
 
 
 def read_keys(path: str | Path) -> dict[str, str]:
@@ -69,6 +73,17 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
     app = FastAPI(title="nnsight_graph server", version=__version__)
     policy = policy or Policy()
     metrics = registry(store, models)
+    # the WebSockets following each job: woken by the store's events, not by polling
+    watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+    watch_lock = threading.Lock()
+
+    def wake_watchers(job: str) -> None:
+        with watch_lock:
+            found = list(watchers.get(job, ()))
+        for loop, flag in found:
+            loop.call_soon_threadsafe(flag.set)
+
+    store.listeners.append(wake_watchers)
 
     def user_of(headers: Any) -> str:
         if keys is None:
@@ -249,7 +264,8 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
         return {"events": store.events(job_id, after)}
 
     @app.websocket("/v1/jobs/{job_id}/events")
-    async def job_socket(socket: WebSocket, job_id: str, after: int = 0) -> None:
+    async def job_socket(socket: WebSocket, job_id: str, after: int = 0,
+                         result: str = "") -> None:
         try:
             check_schema(socket.headers)
             own_job(job_id, user_of(socket.headers))
@@ -257,21 +273,56 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
             await socket.close(code=1008, reason=error.code)  # the client polls: full answer
             return
         await socket.accept()
+        flag = asyncio.Event()  # set (from any thread) when the job has a new event
+        watch = (asyncio.get_running_loop(), flag)
+        with watch_lock:
+            watchers.setdefault(job_id, set()).add(watch)
         try:
             while True:
+                flag.clear()  # before reading: an event added after the read sets it again
+                ended = (store.get(job_id) or {}).get("status") in FINAL  # read before events
                 events = store.events(job_id, after)
                 for event in events:
-                    await socket.send_text(json.dumps(event))
                     after = event["seq"]
-                    if event.get("type") == "STATUS" and event.get("status") in FINAL:
+                    final = event.get("type") == "STATUS" and event.get("status") in FINAL
+                    if final and event["status"] == "COMPLETED" and result == "inline":
+                        event = {**event, **_inline_result(store, job_id)}
+                    await socket.send_text(json.dumps(event))
+                    if final:
                         await socket.close()
                         return
+                if not events and ended:
+                    await socket.close()  # asked for events after the last one: there are none
+                    return
                 if not events:
-                    await asyncio.sleep(0.02)
+                    try:  # the recheck is a safety net only: events wake the handler
+                        await asyncio.wait_for(flag.wait(), timeout=_RECHECK_S)
+                    except TimeoutError:
+                        pass
         except WebSocketDisconnect:
             return
+        finally:
+            with watch_lock:
+                found = watchers.get(job_id)
+                if found is not None:
+                    found.discard(watch)
+                    if not found:
+                        del watchers[job_id]
 
     return app
+
+
+def _inline_result(store: Store, job_id: str) -> dict[str, str]:
+    """`{"result": base64}` for a result small enough to ride on the job's COMPLETED event
+    (the client then needs no GET of it), else {}."""
+    path = store.result_path(job_id)
+    try:
+        if path.stat().st_size > INLINE_RESULT_BYTES:
+            return {}
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    return {"result": base64.b64encode(data).decode("ascii")}
 
 
 def _names(header: str | None) -> dict[str, str]:

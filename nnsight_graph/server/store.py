@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 FINAL = ("COMPLETED", "ERROR", "CANCELLED")
@@ -53,9 +54,13 @@ class Store:
         self.lock = threading.Lock()
         self.db = sqlite3.connect(self.root / "jobs.sqlite3", check_same_thread=False)
         self.db.row_factory = sqlite3.Row
+        # a write-ahead log, synced at checkpoints: a commit costs no fsync, and a crash of
+        # the server process loses nothing committed (only a power cut could lose the last)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         with self.lock, self.db:
             self.db.executescript(_SCHEMA)
-        self.changed = threading.Condition()  # notified on every new event
+        self.listeners: list[Callable[[str], None]] = []  # called with the job of each new event
 
     # jobs ------------------------------------------------------------------------------------
 
@@ -63,15 +68,20 @@ class Store:
         job = uuid.uuid4().hex
         self.payload_path(job).write_bytes(payload)
         now = time.time()
-        with self.lock, self.db:
+        with self.lock, self.db:  # one transaction: the job and its first two events
             arrival = self.db.execute("SELECT COALESCE(MAX(arrival), 0) + 1 FROM jobs").fetchone()[0]
             self.db.execute(
                 "INSERT INTO jobs (id, user, model, status, names, created, arrival) "
                 "VALUES (?, ?, ?, 'QUEUED', ?, ?, ?)",
                 (job, user, model, json.dumps(names), now, arrival),
             )
-        self.event(job, {"type": "STATUS", "status": "RECEIVED"})
-        self.event(job, {"type": "STATUS", "status": "QUEUED", "position": self.position(job)})
+            self._add_event(job, {"type": "STATUS", "status": "RECEIVED"})
+            position = self.db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE model = ? AND "
+                "(status = 'RUNNING' OR (status = 'QUEUED' AND arrival < ?))", (model, arrival),
+            ).fetchone()[0]
+            self._add_event(job, {"type": "STATUS", "status": "QUEUED", "position": position})
+        self._notify(job)
         return job
 
     def get(self, job: str) -> dict[str, Any] | None:
@@ -156,12 +166,13 @@ class Store:
         if "error" in values and values["error"] is not None:
             values["error"] = json.dumps(values["error"])
         columns = ", ".join(f"{name} = ?" for name in values)
-        with self.lock, self.db:
-            self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job))
         event: dict[str, Any] = {"type": "STATUS", "status": status}
         if status == "RUNNING":
             event.update(step=fields.get("step"), steps=fields.get("steps"))
-        self.event(job, event)
+        with self.lock, self.db:
+            self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job))
+            self._add_event(job, event)
+        self._notify(job)
         if status in FINAL:
             self.payload_path(job).unlink(missing_ok=True)
 
@@ -169,7 +180,9 @@ class Store:
         """A running job began step `step` (of `steps`) of its generation: a RUNNING event."""
         with self.lock, self.db:
             self.db.execute("UPDATE jobs SET step = ?, steps = ? WHERE id = ?", (step, steps, job))
-        self.event(job, {"type": "STATUS", "status": "RUNNING", "step": step, "steps": steps})
+            self._add_event(job, {"type": "STATUS", "status": "RUNNING", "step": step,
+                                  "steps": steps})
+        self._notify(job)
 
     def cancel_queued(self, job: str) -> bool:
         """Cancel a job if it is still queued (atomically: a dispatcher may be taking it)."""
@@ -178,8 +191,10 @@ class Store:
                 "UPDATE jobs SET status = 'CANCELLED', finished = ? WHERE id = ? AND status = 'QUEUED'",
                 (time.time(), job),
             ).rowcount
+            if changed:
+                self._add_event(job, {"type": "STATUS", "status": "CANCELLED"})
         if changed:
-            self.event(job, {"type": "STATUS", "status": "CANCELLED"})
+            self._notify(job)
             self.payload_path(job).unlink(missing_ok=True)
         return bool(changed)
 
@@ -190,8 +205,11 @@ class Store:
                 "UPDATE jobs SET status = 'RUNNING', started = ? WHERE id = ? AND status = 'QUEUED'",
                 (time.time(), job),
             ).rowcount
+            if changed:
+                self._add_event(job, {"type": "STATUS", "status": "RUNNING", "step": None,
+                                      "steps": None})
         if changed:
-            self.event(job, {"type": "STATUS", "status": "RUNNING", "step": None, "steps": None})
+            self._notify(job)
         return bool(changed)
 
     def recover(self) -> None:
@@ -223,18 +241,26 @@ class Store:
     # events ----------------------------------------------------------------------------------
 
     def event(self, job: str, body: dict[str, Any]) -> int:
-        body = {**body, "time": time.time()}
+        """Add an event to the job's stream; its sequence number."""
         with self.lock, self.db:
-            seq = self.db.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job = ?", (job,)
-            ).fetchone()[0]
-            body["seq"] = seq
-            self.db.execute(
-                "INSERT INTO events (job, seq, body) VALUES (?, ?, ?)", (job, seq, json.dumps(body))
-            )
-        with self.changed:
-            self.changed.notify_all()
-        return int(seq)
+            seq = self._add_event(job, body)
+        self._notify(job)
+        return seq
+
+    def _add_event(self, job: str, body: dict[str, Any]) -> int:
+        """Insert an event in the transaction the caller holds (with the lock)."""
+        seq = int(self.db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job = ?", (job,)
+        ).fetchone()[0])
+        body = {**body, "time": time.time(), "seq": seq}
+        self.db.execute(
+            "INSERT INTO events (job, seq, body) VALUES (?, ?, ?)", (job, seq, json.dumps(body))
+        )
+        return seq
+
+    def _notify(self, job: str) -> None:
+        for listener in self.listeners:
+            listener(job)
 
     def events(self, job: str, after: int = 0) -> list[dict[str, Any]]:
         with self.lock:

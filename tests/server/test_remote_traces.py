@@ -1,6 +1,7 @@
 """remote=True against a real server on loopback: the same values as a local run, print()
 output, jobs left and fetched later, errors with their own type and the user's line."""
 
+import base64
 import os
 import subprocess
 import sys
@@ -160,6 +161,26 @@ def test_events_are_resumable_and_polled_the_same(alice, tiny):
     later = client.events(tracer.job.id, after=2)
     assert [e["seq"] for e in later] == [e["seq"] for e in events[2:]]
     assert list(client.follow(tracer.job.id, after=2, timeout=10)) == later  # the socket
+
+
+def test_a_small_result_rides_on_the_completed_event(alice, tiny, monkeypatch):
+    with tiny.trace(PROMPT, remote=True, blocking=False) as tracer:
+        tiny.lm_head.output[0, -1].argmax().save()
+    job = tracer.job
+    fetched = job.client.result(job.id) if job.wait(timeout=60) == "COMPLETED" else None
+    (completed,) = [e for e in job.client.follow(job.id, inline=True, timeout=10)
+                    if e.get("status") == "COMPLETED"]
+    assert base64.b64decode(completed["result"]) == fetched
+    plain = list(job.client.follow(job.id, timeout=10))
+    assert "result" not in plain[-1]  # only when asked: polled and followed events agree
+    again = Job(job.client, job.id, job.names)
+
+    def no_get(job_id):
+        raise AssertionError("the result was fetched although the event carried it")
+
+    monkeypatch.setattr(job.client, "result", no_get)
+    assert torch.equal(next(iter(again.saved(timeout=10).values())),
+                       next(iter(job.saved().values())))
 
 
 def test_cancel_stops_a_running_job_and_the_next_job_runs(alice, tiny):
