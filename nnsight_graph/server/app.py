@@ -8,11 +8,13 @@ import hashlib
 import hmac
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
 
 from .. import __version__
 from ..ir.errors import NNsightError, WireFormatError
@@ -127,27 +129,20 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
                            "hosted: " + ", ".join(sorted(models)))
         return model
 
-    @app.middleware("http")
-    async def versions(request: Request, call_next: Any) -> Response:
-        try:
-            check_schema(request.headers)
-            response = await call_next(request)
-        except ApiError as error:
-            response = _error_response(error)
-        response.headers["X-NNsight-Graph-Schema"] = str(SCHEMA_VERSION)
-        response.headers["X-NNsight-Graph-Version"] = __version__
-        return response
+    app.add_middleware(_Versions, check_schema=check_schema)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> Response:
         return _error_response(error)
 
+    # quick routes are async (no hop to a worker thread); the job store's reads take
+    # microseconds (SQLite in WAL mode). Routes that read files or take long stay threaded.
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
     @app.get("/readyz")
-    def readyz() -> Response:
+    async def readyz() -> Response:
         states = {name: model.state for name, model in models.items()}
         ready = all(state == "ready" for state in states.values())
         return JSONResponse({"ready": ready, "models": states}, status_code=200 if ready else 503)
@@ -213,7 +208,7 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
         return {"job_id": job, "status": "QUEUED", "position": store.position(job)}
 
     @app.get("/v1/jobs/{job_id}")
-    def job_status(job_id: str, request: Request) -> dict[str, Any]:
+    async def job_status(job_id: str, request: Request) -> dict[str, Any]:
         return _public(store, own_job(job_id, user_of(request.headers)))
 
     @app.get("/v1/jobs/{job_id}/result")
@@ -259,7 +254,7 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
         return {"job_id": job_id, "block": block}
 
     @app.get("/v1/jobs/{job_id}/events")
-    def job_events(job_id: str, request: Request, after: int = 0) -> dict[str, Any]:
+    async def job_events(job_id: str, request: Request, after: int = 0) -> dict[str, Any]:
         own_job(job_id, user_of(request.headers))
         return {"events": store.events(job_id, after)}
 
@@ -310,6 +305,37 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
                         del watchers[job_id]
 
     return app
+
+
+class _Versions:
+    """An ASGI middleware (not Starlette's BaseHTTPMiddleware, which costs about a
+    millisecond a request): refuse a request whose wire schema differs from ours, and put our
+    schema and version on every HTTP answer."""
+
+    _HEADERS = [(b"x-nnsight-graph-schema", str(SCHEMA_VERSION).encode()),
+                (b"x-nnsight-graph-version", __version__.encode())]
+
+    def __init__(self, app: Any, check_schema: Callable[[Any], None]) -> None:
+        self.app, self.check_schema = app, check_schema
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # a WebSocket checks the schema itself
+            return
+        try:
+            self.check_schema(Headers(scope=scope))
+        except ApiError as error:
+            await _error_response(error)(scope, receive, self._stamped(send))
+            return
+        await self.app(scope, receive, self._stamped(send))
+
+    def _stamped(self, send: Any) -> Any:
+        async def stamped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self._HEADERS]}
+            await send(message)
+
+        return stamped
 
 
 def _inline_result(store: Store, job_id: str) -> dict[str, str]:
