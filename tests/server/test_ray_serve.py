@@ -1,0 +1,144 @@
+"""`nnsight-graph serve --ray` on a local Ray: two replicas of the shipped model behind the
+same HTTP API and job store. Jobs spread over both replicas, results equal a local run,
+cancel stops a running job through the deployment handle, and a killed replica costs only
+the job it ran (Ray Serve replaces it). Skipped where Ray Serve is not installed
+(`pip install 'nnsight-graph[ray]'`)."""
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install "
+                    "'nnsight-graph[ray]'")
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from serving import PROMPT, http_client, job_payload, submit, wait_for  # noqa: E402
+
+from nnsight_graph.ir.limits import SERVER  # noqa: E402
+from nnsight_graph.ir.results import loads_results  # noqa: E402
+from nnsight_graph.ir.wire import dumps  # noqa: E402
+from nnsight_graph.models import tiny_gpt2_path  # noqa: E402
+from nnsight_graph.server import ray_serving  # noqa: E402
+from nnsight_graph.server.launch import free_port  # noqa: E402
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::ResourceWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    try:
+        settings = ray_serving.ServerSettings(
+            models={"tiny-gpt2": tiny_gpt2_path()},
+            store=str(tmp_path_factory.mktemp("ray-store")), ttl_s=3600.0, limits=SERVER,
+            options=ray_serving.RayOptions(replicas=2, num_cpus=1.0, cancel_grace_s=5.0,
+                                           health_check_period_s=2.0))
+        yield ray_serving.start(settings, port=free_port())
+        ray_serving.stop()
+    finally:
+        ray.shutdown()
+
+
+def _model(http) -> dict:
+    (model,) = http.get("/v1/models").json()
+    return model
+
+
+def _long_payload(tiny) -> bytes:
+    """A job that runs for tens of seconds unless it is stopped (matmuls on the server)."""
+    with tiny.trace(PROMPT) as tracer:
+        big = tiny.transformer.h[0].output.new_ones(1024, 1024)
+        for _ in range(2000):
+            big = big @ big / 1024
+        big.sum().save()
+    return dumps(tracer.graph)
+
+
+def _local_value(tiny) -> torch.Tensor:
+    with tiny.trace(PROMPT):
+        value = tiny.transformer.h[0].output.sum().save()
+    return value
+
+
+def _result(http, job: str) -> torch.Tensor:
+    response = http.get(f"/v1/jobs/{job}/result")
+    assert response.status_code == 200
+    (value,) = loads_results(response.content).values()
+    return value
+
+
+def test_jobs_spread_over_both_replicas_with_a_local_runs_values(url, tiny):
+    with http_client(url) as http:
+        assert http.get("/readyz").json() == {"ready": True, "models": {"tiny-gpt2": "ready"}}
+        model = _model(http)
+        assert model["backend"] == "ray" and model["state"] == "ready"
+        slow = [submit(http, job_payload(tiny, slow=True)).json()["job_id"] for _ in range(4)]
+        quick = [submit(http, job_payload(tiny)).json()["job_id"] for _ in range(2)]
+        done = {job: wait_for(http, job, timeout=120) for job in slow + quick}
+        assert [info["status"] for info in done.values()] == ["COMPLETED"] * 6
+        expected = _local_value(tiny)
+        for job in quick:
+            torch.testing.assert_close(_result(http, job), expected, atol=1e-4, rtol=0)
+        replicas = _model(http)["replicas"]
+    assert len(replicas) == 2 and len({r["pid"] for r in replicas}) == 2
+    assert all(r["jobs"] >= 1 for r in replicas)  # both ran jobs
+    assert sum(r["jobs"] for r in replicas) >= 6
+
+
+def test_cancel_stops_a_running_job_through_the_handle(url, tiny):
+    with http_client(url) as http:
+        job = submit(http, _long_payload(tiny)).json()["job_id"]
+        wait_for(http, job, ("RUNNING",))
+        (runner,) = _wait_replica_of(http, job)
+        before = _model(http)["restarts"]
+        assert http.delete(f"/v1/jobs/{job}").status_code == 200
+        assert wait_for(http, job, timeout=30)["status"] == "CANCELLED"
+        after = submit(http, job_payload(tiny)).json()["job_id"]
+        assert wait_for(http, after, timeout=60)["status"] == "COMPLETED"
+        model = _model(http)
+    assert model["restarts"] == before  # stopped by its replica, not killed
+    assert runner["pid"] in {r["pid"] for r in model["replicas"]}
+
+
+def test_a_killed_replica_costs_its_job_and_is_replaced(url, tiny):
+    with http_client(url) as http:
+        job = submit(http, _long_payload(tiny)).json()["job_id"]
+        wait_for(http, job, ("RUNNING",))
+        (runner,) = _wait_replica_of(http, job)
+        before = _model(http)
+        os.kill(runner["pid"], signal.SIGKILL)
+        failed = wait_for(http, job, timeout=60)
+        assert failed["status"] == "ERROR" and "replica" in failed["error"]["message"]
+        assert str(runner["pid"]) in failed["error"]["message"]
+        later = [submit(http, job_payload(tiny)).json()["job_id"] for _ in range(2)]
+        assert [wait_for(http, j, timeout=120)["status"] for j in later] == ["COMPLETED"] * 2
+        assert _model(http)["restarts"] == before["restarts"] + 1
+        # Ray Serve starts a replica in its place: jobs run on a pid not seen before
+        old = {r["pid"] for r in before["replicas"]}
+        new: set[int] = set()
+        ends = time.monotonic() + 120
+        while not new and time.monotonic() < ends:
+            jobs = [submit(http, job_payload(tiny, slow=True)).json()["job_id"] for _ in range(2)]
+            assert [wait_for(http, j, timeout=120)["status"] for j in jobs] == ["COMPLETED"] * 2
+            new = {r["pid"] for r in _model(http)["replicas"]} - old
+        replicas = _model(http)["replicas"]
+    assert new and runner["pid"] not in {r["pid"] for r in replicas}
+    assert len(replicas) == 2
+
+
+def _wait_replica_of(http, job: str) -> list[dict]:
+    """The replica /v1/models shows running `job` (bounded wait: the RUNNING status comes
+    before the replica's first message)."""
+    ends = time.monotonic() + 30
+    while time.monotonic() < ends:
+        found = [r for r in _model(http)["replicas"] if r["job"] == job]
+        if found:
+            return found
+        time.sleep(0.05)
+    raise TimeoutError(f"no replica shows job {job}")
