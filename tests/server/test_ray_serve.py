@@ -4,34 +4,54 @@ cancel stops a running job through the deployment handle, and a killed replica c
 the job it ran (Ray Serve replaces it). Skipped where Ray Serve is not installed
 (`pip install 'nnsight-graph[ray]'`)."""
 
+import importlib.util
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+import torch
+from serving import PROMPT, http_client, job_payload, submit, wait_for
 
-pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install "
-                    "'nnsight-graph[ray]'")
+from nnsight_graph.ir.limits import SERVER
+from nnsight_graph.ir.results import loads_results
+from nnsight_graph.ir.wire import dumps
+from nnsight_graph.models import tiny_gpt2_path
+from nnsight_graph.server.launch import free_port
 
-import ray  # noqa: E402
-import torch  # noqa: E402
-from serving import PROMPT, http_client, job_payload, submit, wait_for  # noqa: E402
+# Ray is imported by the fixture, not here: collecting this module (every test run) leaves
+# the test process without it
+on_ray = [pytest.mark.slow,
+          pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                             reason="Ray Serve is not installed: pip install "
+                             "'nnsight-graph[ray]'"),
+          pytest.mark.filterwarnings("ignore::ResourceWarning"),
+          pytest.mark.filterwarnings("ignore::UserWarning")]
 
-from nnsight_graph.ir.limits import SERVER  # noqa: E402
-from nnsight_graph.ir.results import loads_results  # noqa: E402
-from nnsight_graph.ir.wire import dumps  # noqa: E402
-from nnsight_graph.models import tiny_gpt2_path  # noqa: E402
-from nnsight_graph.server import ray_serving  # noqa: E402
-from nnsight_graph.server.launch import free_port  # noqa: E402
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore::ResourceWarning"),
-              pytest.mark.filterwarnings("ignore::UserWarning")]
+def _on_ray(test):
+    for mark in reversed(on_ray):
+        test = mark(test)
+    return test
+
+
+def test_the_default_server_does_not_import_ray():
+    code = ("import sys; from nnsight_graph.server import app, cli, models, worker; "
+            "cli.parser().parse_args(['serve']); print(sorted(m for m in sys.modules "
+            "if m == 'ray' or m.startswith('ray.')))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, timeout=120)
+    assert found.stdout.strip() == "[]"
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ray = pytest.importorskip("ray")
+    from nnsight_graph.server import ray_serving
+
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
     try:
         settings = ray_serving.ServerSettings(
@@ -50,11 +70,13 @@ def _model(http) -> dict:
     return model
 
 
-def _long_payload(tiny) -> bytes:
-    """A job that runs for tens of seconds unless it is stopped (matmuls on the server)."""
-    with tiny.trace(PROMPT) as tracer:
+def _matmuls(tiny, steps: int) -> bytes:
+    """A job of `steps` 1024² matmuls on the server (~0.05 s each), recorded without a local
+    run: 40 make a job that still runs when the next is taken, 2000 one that runs for
+    minutes unless it is stopped."""
+    with tiny.trace(PROMPT, run=False) as tracer:
         big = tiny.transformer.h[0].output.new_ones(1024, 1024)
-        for _ in range(2000):
+        for _ in range(steps):
             big = big @ big / 1024
         big.sum().save()
     return dumps(tracer.graph)
@@ -73,12 +95,14 @@ def _result(http, job: str) -> torch.Tensor:
     return value
 
 
+@_on_ray
 def test_jobs_spread_over_both_replicas_with_a_local_runs_values(url, tiny):
     with http_client(url) as http:
         assert http.get("/readyz").json() == {"ready": True, "models": {"tiny-gpt2": "ready"}}
         model = _model(http)
         assert model["backend"] == "ray" and model["state"] == "ready"
-        slow = [submit(http, job_payload(tiny, slow=True)).json()["job_id"] for _ in range(4)]
+        slow_job = _matmuls(tiny, 40)
+        slow = [submit(http, slow_job).json()["job_id"] for _ in range(4)]
         quick = [submit(http, job_payload(tiny)).json()["job_id"] for _ in range(2)]
         done = {job: wait_for(http, job, timeout=120) for job in slow + quick}
         assert [info["status"] for info in done.values()] == ["COMPLETED"] * 6
@@ -91,9 +115,10 @@ def test_jobs_spread_over_both_replicas_with_a_local_runs_values(url, tiny):
     assert sum(r["jobs"] for r in replicas) >= 6
 
 
+@_on_ray
 def test_cancel_stops_a_running_job_through_the_handle(url, tiny):
     with http_client(url) as http:
-        job = submit(http, _long_payload(tiny)).json()["job_id"]
+        job = submit(http, _matmuls(tiny, 2000)).json()["job_id"]
         wait_for(http, job, ("RUNNING",))
         (runner,) = _wait_replica_of(http, job)
         before = _model(http)["restarts"]
@@ -106,9 +131,10 @@ def test_cancel_stops_a_running_job_through_the_handle(url, tiny):
     assert runner["pid"] in {r["pid"] for r in model["replicas"]}
 
 
+@_on_ray
 def test_a_killed_replica_costs_its_job_and_is_replaced(url, tiny):
     with http_client(url) as http:
-        job = submit(http, _long_payload(tiny)).json()["job_id"]
+        job = submit(http, _matmuls(tiny, 2000)).json()["job_id"]
         wait_for(http, job, ("RUNNING",))
         (runner,) = _wait_replica_of(http, job)
         before = _model(http)
@@ -123,8 +149,9 @@ def test_a_killed_replica_costs_its_job_and_is_replaced(url, tiny):
         old = {r["pid"] for r in before["replicas"]}
         new: set[int] = set()
         ends = time.monotonic() + 120
+        slow_job = _matmuls(tiny, 40)
         while not new and time.monotonic() < ends:
-            jobs = [submit(http, job_payload(tiny, slow=True)).json()["job_id"] for _ in range(2)]
+            jobs = [submit(http, slow_job).json()["job_id"] for _ in range(2)]
             assert [wait_for(http, j, timeout=120)["status"] for j in jobs] == ["COMPLETED"] * 2
             new = {r["pid"] for r in _model(http)["replicas"]} - old
         replicas = _model(http)["replicas"]
