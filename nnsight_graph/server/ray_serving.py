@@ -93,9 +93,9 @@ class ServerSettings:
 # the model replicas ----------------------------------------------------------------------------
 
 
-@ray.remote(num_cpus=0)
-class Mailbox:
-    """Messages for running jobs (the values of an nnsight.local() block), per job id."""
+class _Mailbox:
+    """Messages for running jobs (the values of an nnsight.local() block), per job id: a Ray
+    actor (`Mailbox`) the ingress puts into and replicas take from."""
 
     def __init__(self) -> None:
         self.messages: dict[str, list[Any]] = {}
@@ -109,6 +109,9 @@ class Mailbox:
 
     def drop(self, job: str) -> None:
         self.messages.pop(job, None)
+
+
+Mailbox: Any = ray.remote(num_cpus=0)(_Mailbox)
 
 
 class _Outbox:
@@ -512,21 +515,21 @@ def application(settings: ServerSettings) -> Any:
     handles = {}
     for name, spec in settings.models.items():
         deployment = serve.deployment(
-            ModelReplica, name=f"model-{name}", num_replicas=options.replicas,
+            name=f"model-{name}", num_replicas=options.replicas,
             max_ongoing_requests=1,
             max_queued_requests=options.max_queued_requests or 2 * options.replicas,
             health_check_period_s=options.health_check_period_s,
             ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
-        )
+        )(ModelReplica)
         handles[name] = deployment.bind(spec, settings.device, settings.dtype, settings.limits,
                                         options.cancel_grace_s)
     ingress = serve.deployment(
-        Ingress, name="ingress", num_replicas=1,
+        name="ingress", num_replicas=1,
         max_ongoing_requests=1000,  # HTTP requests: the app bounds jobs, not Serve
         graceful_shutdown_timeout_s=options.drain_s + 10,
         # on the driver's node, where the store directory is
         ray_actor_options={"num_cpus": 0, "resources": {f"node:{node}": 0.001}},
-    )
+    )(Ingress)
     return ingress.bind(handles, settings)
 
 

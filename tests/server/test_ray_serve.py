@@ -16,6 +16,7 @@ import pytest
 import torch
 from serving import PROMPT, http_client, job_payload, submit, wait_for
 
+import nnsight_graph as nnsight
 from nnsight_graph.ir.limits import SERVER
 from nnsight_graph.ir.results import loads_results
 from nnsight_graph.ir.wire import dumps
@@ -113,6 +114,27 @@ def test_jobs_spread_over_both_replicas_with_a_local_runs_values(url, tiny):
     assert len(replicas) == 2 and len({r["pid"] for r in replicas}) == 2
     assert all(r["jobs"] >= 1 for r in replicas)  # both ran jobs
     assert sum(r["jobs"] for r in replicas) >= 6
+
+
+@_on_ray
+def test_remote_traces_with_print_and_a_local_block_run_through_ray(url, tiny, monkeypatch,
+                                                                    capsys):
+    """The client's own path (events over the WebSocket through Serve's proxy, print() output,
+    an nnsight.local() block whose values go back to the running replica)."""
+    monkeypatch.setattr(nnsight.CONFIG.API, "HOST", url)
+    monkeypatch.setattr(nnsight.CONFIG.APP, "REMOTE_LOGGING", False)
+    with tiny.trace(PROMPT):
+        tiny.transformer.h[1].output[:] = tiny.transformer.h[1].output * 2 + 1
+        expected = tiny.lm_head.output.save()
+    with tiny.trace(PROMPT, remote=True) as tracer:
+        hidden = tiny.transformer.h[1].output
+        print("on the replica:", hidden.shape)
+        with tracer.local():
+            doubled = hidden * 2 + 1  # made here; the replica waits for it
+        tiny.transformer.h[1].output[:] = doubled
+        logits = tiny.lm_head.output.save()
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+    assert "on the replica: torch.Size([1, " in capsys.readouterr().out
 
 
 @_on_ray
