@@ -303,6 +303,12 @@ class RayHostedModel:
     def info(self) -> dict[str, Any]:
         with self.lock:
             replicas = [dict(r) for r in self.replicas.values()]
+        alive = [r for r in replicas if _alive(r)]  # one that died idle is dropped here
+        if len(alive) < len(replicas):
+            with self.lock:
+                for gone in replicas:
+                    if gone not in alive:
+                        self.replicas.pop(gone["replica"], None)
         return {
             "name": self.name,
             "architecture": (self.config.get("architectures")
@@ -314,7 +320,7 @@ class RayHostedModel:
             "restarts": self.restarts,
             "worker_pid": None,
             "backend": "ray",
-            "replicas": replicas,
+            "replicas": alive,
             "limits": {"deadline_s": self.limits.deadline_s, "nodes": self.limits.nodes,
                        "decompressed_bytes": self.limits.decompressed_bytes},
             "error": self.error,
@@ -455,6 +461,17 @@ class RayHostedModel:
             except ValueError:
                 pass  # gone already
         self._gone(slot)
+
+
+def _alive(replica: dict[str, Any]) -> bool:
+    """Whether the replica's actor still runs (a dead actor's name is free)."""
+    if not replica.get("actor"):
+        return True
+    try:
+        ray.get_actor(replica["actor"], namespace="serve")
+    except ValueError:
+        return False
+    return True
 
 
 def _read(response: Any, messages: queue.Queue) -> None:
