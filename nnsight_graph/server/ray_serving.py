@@ -343,11 +343,16 @@ class RayHostedModel:
                 self.wake.wait(_TICK_S)
                 self.wake.clear()
                 continue
+            slot.job = job  # before it is RUNNING: a cancel from then on reaches this slot
             if not self.store.take(job):
+                slot.job, slot.cancelling = None, False
                 continue  # cancelled, or taken by another dispatcher
-            slot.job = job
             try:
                 self._run(slot, job)
+            except Exception as error:  # this dispatcher goes on with the next job
+                found = self.store.get(job)
+                if found is not None and found["status"] == "RUNNING":
+                    self.store.set_status(job, "ERROR", error=worker.describe_error(error))
             finally:
                 self.mailbox.drop.remote(job)
                 if slot.replica is not None:
@@ -512,6 +517,13 @@ class Ingress:
         s = self.settings
         return create_app(self.store, self.hosted, s.keys, s.max_body,  # type: ignore[arg-type]
                           s.policy)
+
+    def check_health(self) -> None:
+        """Serve calls this periodically: a dispatcher that is gone has the ingress replaced
+        (the store keeps the queue; jobs that were running end ERROR on the restart)."""
+        for name, model in self.hosted.items():
+            if not model.stopping and not all(t.is_alive() for t in model.threads):
+                raise RuntimeError(f"a dispatcher of model {name!r} stopped")
 
     def __del__(self) -> None:
         """Serve stops the ingress: drain the models, as the default server does."""
