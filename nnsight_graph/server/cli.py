@@ -53,6 +53,19 @@ def parser() -> argparse.ArgumentParser:
                        help="jobs one key may have queued (more: 429)")
     serve.add_argument("--max-running-per-key", type=int, default=Policy.max_running_per_key,
                        help="jobs of one key that run at once, over all models")
+    serve.add_argument("--ray", action="store_true",
+                       help="run each model as a Ray Serve deployment (pip install "
+                       "'nnsight-graph[ray]'); the same HTTP API and job store")
+    serve.add_argument("--replicas", type=int, default=1,
+                       help="with --ray: replicas per model (each loads the model once)")
+    serve.add_argument("--ray-address", default=None,
+                       help="with --ray: the Ray cluster to join (auto: the one running "
+                       "here, ray://HOST:10001 ...); default: start a local one")
+    serve.add_argument("--replica-cpus", type=float, default=1.0,
+                       help="with --ray: CPUs each replica reserves")
+    serve.add_argument("--replica-gpus", type=float, default=0.0,
+                       help="with --ray: GPUs each replica reserves (1: one GPU per "
+                       "replica; more for a model that spans GPUs with --device auto)")
     key = commands.add_parser("hash-key", help="print the keys-file line for a key (from stdin)")
     key.add_argument("user")
     return top
@@ -97,6 +110,9 @@ def serve(args: argparse.Namespace) -> None:
     policy = Policy(args.max_queue, args.max_queued_per_key, args.max_running_per_key,
                     read_budgets(args.api_keys) if args.api_keys else {})
     limits = SERVER if args.deadline is None else replace(SERVER, deadline_s=args.deadline)
+    if args.ray:
+        serve_on_ray(args, keys, policy, limits)
+        return
     store = Store(args.store or default_store(), ttl_s=args.ttl)
     store.recover()
     store.expire()
@@ -119,6 +135,24 @@ def serve(args: argparse.Namespace) -> None:
             model.draining = True  # all at once: no model starts a job while others drain
         for model in hosted.values():
             model.stop(args.drain)
+
+
+def serve_on_ray(args: argparse.Namespace, keys: dict[str, str] | None, policy: Policy,
+                 limits: Any) -> None:
+    try:
+        from . import ray_serving
+    except ImportError as error:
+        raise SystemExit(f"--ray needs Ray Serve ({error}): pip install 'nnsight-graph[ray]'"
+                         ) from error
+    if args.replicas < 1:
+        raise SystemExit("--replicas: at least 1")
+    options = ray_serving.RayOptions(replicas=args.replicas, num_cpus=args.replica_cpus,
+                                     num_gpus=args.replica_gpus, drain_s=args.drain)
+    settings = ray_serving.ServerSettings(
+        models=models_of(args.model), store=str(Path(args.store or default_store()).resolve()),
+        ttl_s=args.ttl, limits=limits, device=args.device, dtype=args.dtype, keys=keys,
+        max_body=args.max_body, policy=policy, options=options)
+    ray_serving.serve_forever(settings, args.host, args.port, args.ray_address)
 
 
 class _Stopped(Exception):
