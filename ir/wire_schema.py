@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import pydantic.plugin._loader  # noqa: F401  (imported by the deferred build: not on a run)
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .node import MAX_SOURCE_TEXT
@@ -56,7 +57,9 @@ __all__ = [
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: the validators are built on first use (the first payload written or read),
+    # not at import, which they would slow by most of a tenth of a second
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 Count = Annotated[StrictInt, Field(ge=0)]
@@ -258,18 +261,6 @@ class SessionModel(_Model):
     traces: list[SessionTraceModel]
 
 
-for _model in (
-    SliceArg,
-    TupleArg,
-    ListArg,
-    DictArg,
-    NodeModel,
-    InvokeModel,
-    GraphModel,
-    SessionTraceModel,
-    SessionModel,
-):
-    _model.model_rebuild()
 
 
 def json_schema() -> dict[str, Any]:
