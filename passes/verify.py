@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..ir import HOOKED, Const, Graph, Node, Op, Ref, ValidationError
+from ..ir.sites import site_of
 
 SITE_KINDS = {
     Op.READ: frozenset({"input", "inputs", "output"}),
@@ -99,7 +100,8 @@ def _target_problem(node: Node) -> str:
         return ""
     if target == "result":
         return "" if node.op is Op.READ else f"cannot {node.op.value} the model's result"
-    path, _, kind = target.rpartition(".")
+    site = site_of(target)
+    path, kind = site.path, site.kind
     if kind not in SITE_KINDS[node.op]:
         allowed = ", ".join(sorted(SITE_KINDS[node.op]))
         return f"has target {target!r}, which does not end in one of: {allowed}"
@@ -189,7 +191,7 @@ def _local_problem(node: Node) -> str:
         or not _ints(inputs)
         or not _ints(outputs)
         or len(inputs) != len(node.args)
-        or not all(type(a) is Ref and a.id == i for a, i in zip(node.args, inputs))
+        or not all(type(a) is Ref and a.id == i for a, i in zip(node.args, inputs, strict=True))
     ):
         return (
             "must have block= an int, inputs= the ids of its arguments (each a node's value) "
