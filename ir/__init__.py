@@ -24,12 +24,15 @@ from .errors import (
 )
 from .graph import Graph, Invoke
 from .node import Const, Node, Ref, SourceLoc, const, map_args, ref, refs
-from .ops import EFFECTFUL, HOOKED, Op
+from .op_table import EFFECTFUL, HOOKED, OPS, VALUED
+from .ops import Op
 from .session import SessionGraph, TraceRef
 
 __all__ = [
     "EFFECTFUL",
     "HOOKED",
+    "OPS",
+    "VALUED",
     "BarrierError",
     "BatchError",
     "BatchIndexError",

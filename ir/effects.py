@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .node import Node
-from .ops import EFFECTFUL, Op
+from .op_table import EFFECTFUL
+from .ops import Op
 
 IN_PLACE_OPERATORS = frozenset(
     f"operator.i{name}"

@@ -1,9 +1,9 @@
-"""The closed set of opcodes a Node can have, and the op sets passes key on."""
+"""The closed set of opcodes a Node can have. What each op takes, does and how it prints is
+its row in `ir.op_table` (which also makes the op sets passes key on: EFFECTFUL, HOOKED)."""
 
 from __future__ import annotations
 
 import enum
-from typing import Final
 
 
 class Op(str, enum.Enum):
@@ -35,23 +35,3 @@ class Op(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
-
-EFFECTFUL: Final = frozenset(
-    {
-        Op.WRITE,
-        Op.SETITEM,
-        Op.SAVE,
-        Op.LOG,
-        Op.BACKWARD,
-        Op.SKIP,
-        Op.STOP,
-        Op.BARRIER,
-        Op.CACHE,
-        Op.CALL_MODULE,  # a module may keep state (running statistics) or change its input
-        Op.LOCAL,  # the client runs its block (prints, plots) even when nothing uses its value
-    }
-)
-"""Ops that must run even when nothing uses their value."""
-
-HOOKED: Final = frozenset({Op.READ, Op.WRITE, Op.SKIP})
-"""Ops that run at a hook site and wait for it."""

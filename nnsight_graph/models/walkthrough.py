@@ -13,7 +13,7 @@ def walkthrough_net() -> torch.nn.Sequential:
     global random state is left as it was), frozen: every call gives the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        layers = OrderedDict(
+        layers: OrderedDict[str, torch.nn.Module] = OrderedDict(
             [("layer1", torch.nn.Linear(5, 10)), ("layer2", torch.nn.Linear(10, 2))]
         )
         return torch.nn.Sequential(layers).requires_grad_(False)
