@@ -50,7 +50,9 @@ def apply(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], saved: dict
             return None  # values are captured at the hooks
         case Op.LOCAL:
             return run_local(node, args)
-        case Op.READ | Op.WRITE | Op.SKIP | Op.STOP | Op.BARRIER | Op.BACKWARD | Op.CALL_MODULE:
-            raise ExecutionError(f"{node} runs at its hook site or in the executor's own step")
+        case Op.READ | Op.WRITE | Op.SKIP | Op.RESULT | Op.READ_GRAD | Op.WRITE_GRAD:
+            raise ExecutionError(f"{node} runs at its hook site, not here")
+        case Op.STOP | Op.BARRIER | Op.BACKWARD | Op.CALL_MODULE:
+            raise ExecutionError(f"{node} runs in the executor's own step, not here")
         case _:
             assert_never(op)

@@ -24,14 +24,17 @@ from .errors import (
 )
 from .graph import Graph, Invoke
 from .node import Const, Node, Ref, SourceLoc, const, map_args, ref, refs
-from .op_table import EFFECTFUL, HOOKED, OPS, VALUED
+from .op_table import EFFECTFUL, GRADIENTS, HOOKED, OPS, READS, SITED, VALUED
 from .ops import Op
 from .session import SessionGraph, TraceRef
 
 __all__ = [
     "EFFECTFUL",
+    "GRADIENTS",
     "HOOKED",
     "OPS",
+    "READS",
+    "SITED",
     "VALUED",
     "BarrierError",
     "BatchError",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .node import Const, Ref
 from .ops import Op
-from .sites import GRAD, RESULT, site_of
+from .sites import site_of
 
 if TYPE_CHECKING:
     from .node import Node
@@ -22,7 +22,8 @@ class OpSpec(NamedTuple):
     """One row of the op table."""
 
     target: str  # what the target names: "site", "function", "method", "attribute", "module",
-    # "name" (a label the executor ignores or keys by: "print", "stop", a barrier's name)
+    # "name" (a label the executor ignores or keys by: "print", "stop", a barrier's name),
+    # "none" (nothing: RESULT, READ_GRAD, WRITE_GRAD)
     arity: tuple[int, int | None]  # (fewest, most) positional arguments; None: no upper bound
     first: str  # what args[0] must be: "ref" (a node's value), "count" (an int >= 1), "any"
     keywords: bool  # whether it takes keyword arguments
@@ -52,17 +53,11 @@ _SITE_KINDS: Final = {
 def _site_problem(node: Node) -> str:
     """Why the executor could not bind this hooked node to a hook site ("" when it can)."""
     target = node.target
-    if target == GRAD and node.op is not Op.SKIP:
-        needed = 3 if node.op is Op.WRITE else 2
-        if len(node.args) != needed or not all(type(a) is Ref for a in node.args[:2]):
-            return f"is a gradient {node.op.value} but its arguments are not (value, backward" + (
-                ", new value)" if node.op is Op.WRITE else ")"
-            )
-        return ""
-    if target == RESULT:
-        if node.op is not Op.READ:
-            return f"cannot {node.op.value} the model's result"
-        return "" if not node.args else "reads the model's result, which takes no arguments"
+    if target in _OLD_TARGETS and node.op is not Op.SKIP:  # schema version 2's sites
+        return (
+            f"has target {target!r}: {_OLD_TARGETS[target]} now (ir.wire reads a payload of "
+            "schema version 2 or older as such)"
+        )
     site = site_of(target)
     kinds = _SITE_KINDS[node.op]
     if site.kind not in kinds:
@@ -76,6 +71,20 @@ def _site_problem(node: Node) -> str:
         return "has no value to put at its hook site"
     if len(node.args) > 1:
         return f"has {len(node.args)} arguments, but takes one: the value to put at the site"
+    return ""
+
+
+_OLD_TARGETS: Final = {
+    "grad": "a gradient is a read_grad or write_grad node",
+    "result": "the model's result is a result node",
+}
+
+
+def _grad_problem(node: Node) -> str:
+    if not all(type(a) is Ref for a in node.args[:2]):
+        return f"is a gradient {node.op.value[:-5]} but its arguments are not (value, backward" + (
+            ", new value)" if node.op is Op.WRITE_GRAD else ")"
+        )
     return ""
 
 
@@ -140,8 +149,17 @@ _BACKWARD_NEEDS: Final = (
 
 OPS: Final[Mapping[Op, OpSpec]] = {
     # op:         target    arity  args[0] keywords effect hooked valued style check needs
-    Op.READ: OpSpec("site", (0, 2), "any", False, False, True, True, _READ, _site_problem),
-    Op.WRITE: OpSpec("site", (1, 3), "any", False, True, True, False, _WRITE, _site_problem),
+    Op.READ: OpSpec("site", (0, 0), "any", False, False, True, True, _READ, _site_problem),
+    Op.WRITE: OpSpec("site", (1, 1), "any", False, True, True, False, _WRITE, _site_problem),
+    Op.RESULT: OpSpec("none", (0, 0), "any", False, False, True, True, _READ),
+    Op.READ_GRAD: OpSpec(
+        "none", (2, 2), "any", False, False, True, True, _READ, _grad_problem,
+        "is a gradient read but its arguments are not (value, backward)",
+    ),
+    Op.WRITE_GRAD: OpSpec(
+        "none", (3, 3), "any", False, True, True, False, _WRITE, _grad_problem,
+        "is a gradient write but its arguments are not (value, backward, new value)",
+    ),
     Op.CALL: OpSpec("function", (0, None), "any", True, False, False, True, _BOX),
     Op.METHOD: OpSpec(
         "method", (1, None), "any", True, False, False, True, _BOX, None,
@@ -191,7 +209,16 @@ HOOKED: Final = frozenset(op for op, spec in OPS.items() if spec.hooked)
 
 VALUED: Final = frozenset(op for op, spec in OPS.items() if spec.valued)
 """Ops whose node has a value that other nodes may use; a BACKWARD is named only by the
-gradient sites of its backward pass (args[1] of a `grad` READ or WRITE)."""
+gradient sites of its backward pass (args[1] of a READ_GRAD or WRITE_GRAD)."""
+
+SITED: Final = frozenset(op for op, spec in OPS.items() if spec.target == "site")
+"""Ops whose target is a module's hook site (READ, WRITE, SKIP: `ir.sites.site_of`)."""
+
+GRADIENTS: Final = frozenset({Op.READ_GRAD, Op.WRITE_GRAD})
+"""Ops at a gradient site: args[0] is the value, args[1] the BACKWARD node of its pass."""
+
+READS: Final = HOOKED - EFFECTFUL
+"""Hooked ops that read their site's value (the others replace it)."""
 
 
 def payload_problem(node: Node) -> str:
@@ -228,12 +255,15 @@ def _kind(value: object) -> str:
 
 def names_its_backward(node: Node, ref: Ref) -> bool:
     """Whether `node` is a gradient site of the backward pass `ref` (its only allowed use)."""
-    return node.target == GRAD and len(node.args) > 1 and node.args[1] == ref
+    return node.op in GRADIENTS and len(node.args) > 1 and node.args[1] == ref
 
 
 __all__ = [
     "EFFECTFUL",
+    "GRADIENTS",
     "HOOKED",
+    "READS",
+    "SITED",
     "OPS",
     "VALUED",
     "OpSpec",

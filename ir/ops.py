@@ -9,12 +9,15 @@ import enum
 class Op(str, enum.Enum):
     """What a node does. The value is the wire name: never rename or reuse one.
 
-    READ and WRITE with target "grad" address the gradient of args[0] during the backward
-    pass of the BACKWARD node args[1]; a WRITE's value is always its last argument.
+    READ_GRAD and WRITE_GRAD address the gradient of args[0] during the backward pass of the
+    BACKWARD node args[1]; a WRITE's or WRITE_GRAD's value is always its last argument.
     """
 
-    READ = "read"  # value at a hook site; target = "layer1.output", "h.0.input", "result"
-    WRITE = "write"  # replace the value at a hook site with args[0]
+    READ = "read"  # value at a module's hook site; target = "layer1.output", "h.0.input"
+    WRITE = "write"  # replace the value at a module's hook site with args[0]
+    RESULT = "result"  # the value the traced call returned (tracer.result()); no arguments
+    READ_GRAD = "read_grad"  # the gradient of args[0] in the backward pass args[1]
+    WRITE_GRAD = "write_grad"  # replace that gradient with args[2]
     CALL = "call"  # function by qualified name; target = "torch.argmax", "operator.add"
     METHOD = "method"  # method call on args[0]; target = "clone"
     GETATTR = "getattr"  # attribute of args[0]; target = "shape"
@@ -34,4 +37,3 @@ class Op(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-

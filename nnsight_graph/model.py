@@ -352,7 +352,7 @@ class _CachedPlan:
         checked = tuple(
             arg.index
             for node in graph.nodes
-            if node.op is Op.WRITE
+            if node.op is Op.WRITE or node.op is Op.WRITE_GRAD
             for arg in node.args
             if isinstance(arg, Const)
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..ir import (
-    HOOKED,
+    GRADIENTS,
+    SITED,
     BatchError,
     BatchIndexError,
     Graph,
@@ -36,7 +37,7 @@ def check_module_order(graph: Graph, facts: ModelFacts | None) -> Graph:
     live = {node.id for node in eliminate_dead_nodes(graph).nodes}
     last: dict[tuple[int, int], tuple[int, Node]] = {}
     for node in graph.nodes:
-        if node.op not in HOOKED or node.target == "result" or node.id not in live:
+        if node.op not in SITED or node.id not in live:
             continue
         position = facts.order.get(_site(node.target))
         if position is None:
@@ -106,9 +107,9 @@ def check_gradients(graph: Graph, facts: ModelFacts | None) -> Graph:
     seen: set[int] = set()
     for node in graph.nodes:
         seen.add(node.id)
-        if node.op not in HOOKED or node.target != "grad":
+        if node.op not in GRADIENTS:
             continue
-        verb = "read" if node.op is Op.READ else "set"
+        verb = "read" if node.op is Op.READ_GRAD else "set"
         backward = node.args[1] if len(node.args) > 1 else None
         if not isinstance(node.args[0] if node.args else None, Ref) or not isinstance(
             backward, Ref
