@@ -1,7 +1,8 @@
 """Property: a graph that `verify` accepts runs, or ends in one of our errors (NNsightError) or
 in its node's own error located at the node's line; never in our executor's KeyError, TypeError
 or IndexError. Graphs are generated from a seed (bounded count) over every op of the op table,
-built in process (trusted: no registry) and run on the walkthrough net."""
+built in process (trusted: no registry) and run on the walkthrough net; each one verify accepts
+also makes the round trip through the wire format unchanged."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from nnsight_graph.ir import (
     SourceLoc,
     ref,
 )
+from nnsight_graph.ir.wire import dumps, loads
 from nnsight_graph.models.walkthrough import walkthrough_net
 from nnsight_graph.passes import verify
 
@@ -130,6 +132,7 @@ def _outcome(graph: Graph) -> str:
         verify(graph)
     except NNsightError:
         return "refused by verify"
+    assert str(loads(dumps(graph))) == str(graph)  # every op it accepts goes over the wire
     try:
         _model().run(graph)
     except NNsightError as error:
