@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..ir import Node, Ref
+from ..ir import GRADIENTS, Node, Ref
 from ..ir.errors import ExecutionError
-from .plan import GRAD, Cursor, Site
+from .plan import Cursor, Site
 from .values import Missing, with_location
 
 
@@ -113,7 +113,7 @@ def gradient_work_end(cursor: Cursor, backward: Node) -> int:
     end = cursor.position
     for index in range(cursor.position, len(cursor.nodes)):
         node = cursor.nodes[index]
-        reads_grad = node.target == GRAD and node.args[1].id == backward.id
+        reads_grad = node.op in GRADIENTS and node.args[1].id == backward.id
         if reads_grad or any(ref.id in derived for ref in node.inputs()):
             derived.add(node.id)
             end = index + 1

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..ir import HOOKED, Const, Graph, Node, Op, Ref, mutates, ref
+from ..ir import GRADIENTS, HOOKED, READS, SITED, Const, Graph, Node, Op, Ref, mutates, ref
 from ..ir.errors import (
     ExecutionError,
     ModuleNotCalledError,
@@ -249,14 +249,14 @@ class Run(GradientSteps):
                     )
                 if waiting is not None and waiting.id not in self.skipped:
                     raise with_location(self.missing(waiting), node, self.debug)
-                if waiting is None and node.target == GRAD:
+                if waiting is None and node.op in GRADIENTS:
                     raise ExecutionError(
                         f"the gradient requested at {node.loc} was never computed: the loss "
                         "does not depend on that value, or the backward pass never reached it"
                     )
-                if waiting is None and site_of(node.target).in_source:
+                if waiting is None and node.op in SITED and site_of(node.target).in_source:
                     raise ModuleNotCalledError(
-                        f"{describe(node.target)} requested at {node.loc} was never reached: "
+                        f"{describe(node)} requested at {node.loc} was never reached: "
                         "that call site is in a branch the forward did not take this time (print "
                         "the module's .source to see the call sites and their lines)"
                     )
@@ -291,7 +291,7 @@ class Run(GradientSteps):
         if not self.skipped and node.op in HOOKED:
             site, _ = self.plan.sites[node.id]
             warnings.warn(
-                f"{describe(node.target)} at {node.loc}: step {node.step} never happened "
+                f"{describe(node)} at {node.loc}: step {node.step} never happened "
                 f"(the module ran {self.fired.get(site, 0)} time(s), for example because "
                 "generation ended early); that step's interventions were skipped",
                 StepsSkippedWarning,
@@ -309,7 +309,7 @@ class Run(GradientSteps):
         stop = cursor.stop
         whole = stop is None or kind == GRAD or (cursor.start == 0 and stop == self.total)
         try:
-            if node.op is Op.READ:
+            if node.op in READS:
                 value = project(box.full, kind)
                 if stop is not None and not whole:
                     value = narrow(value, cursor.start, stop, self.total)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..ir import HOOKED, Const, Graph, Node, Op, Ref
+from ..ir import GRADIENTS, HOOKED, Const, Graph, Node, Op, Ref
 from ..ir.sites import GRAD, RESULT, site_of
 from .caching import CacheSpec
 
@@ -52,17 +52,18 @@ class Plan:
         structure = replace(graph, constants=[])
         plan = cls(structure, invoke_nodes=[[] for _ in graph.invokes])
         for node in graph.nodes:
-            if node.op in HOOKED and node.target == GRAD:
+            if node.op in GRADIENTS:
                 tensor, backward = node.args[0].id, node.args[1].id
                 site = (f"{tensor}/{backward}", GRAD)
                 plan.sites[node.id] = (site, GRAD)
                 plan.grads.setdefault(backward, {})[tensor] = site
+            elif node.op is Op.RESULT:
+                plan.sites[node.id] = (("", RESULT), RESULT)
+                plan.reads_result = True
             elif node.op in HOOKED:
                 site, kind = parse_target(node.target)
                 plan.sites[node.id] = (site, kind)
-                if site[1] == RESULT:
-                    plan.reads_result = True
-                elif site_of(node.target).in_source:
+                if site_of(node.target).in_source:
                     parts = site[0].split(".source.")
                     plan.sources.add(parts[0])
                     for depth in range(2, len(parts)):

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from ..ir import Const, Node, Op, Ref
+from ..ir import GRADIENTS, Const, Node, Op, Ref
 from .apply import apply
 from .guard import Guard
 from .hooks import RunHooks
-from .plan import _CONTROL, GRAD, Site
+from .plan import _CONTROL, Site
 from .values import arg_value, inject, not_called, out_of_order, project, with_location
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class StraightPlan:
         for node in graph.nodes:
             if node.guard is not None or node.step != 0 or node.op in _CONTROL:
                 return None
-            if node.target == GRAD or node.op is Op.CALL_MODULE or node.target == "__call__":
+            if node.op in GRADIENTS or node.op is Op.CALL_MODULE or node.target == "__call__":
                 return None  # gradients, and modules called by the intervention
             if node.invoke == 0 and any(invoke_of[i] != 0 for i in plan.inputs[node.id]):
                 return None

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ir import Const, Node, Ref, map_args
+from ..ir import GRADIENTS, Const, Node, Op, Ref, map_args
 from ..ir.errors import ExecutionError, ModuleNotCalledError, OutOfOrderError, add_note
-from .plan import GRAD, RESULT
 
 
 class Missing(Exception):
@@ -57,10 +56,11 @@ def inject(full: Any, kind: str, new: Any) -> Any:
     return new
 
 
-def describe(target: str) -> str:
-    if target == GRAD:
+def describe(node: Node) -> str:
+    """What a hooked node reads or writes, as the user wrote it."""
+    if node.op in GRADIENTS:
         return "a .grad"
-    return "tracer.result()" if target == RESULT else f"model.{target}"
+    return "tracer.result()" if node.op is Op.RESULT else f"model.{node.target}"
 
 
 def with_location(error: Exception, node: Node, debug: bool) -> Exception:
@@ -78,19 +78,15 @@ def with_location(error: Exception, node: Node, debug: bool) -> Exception:
 
 def out_of_order(node: Node, previous: Node | None) -> OutOfOrderError:
     """The error for a module access whose module already ran (`previous`: the last one read)."""
-    if node.target == GRAD:
+    if node.op in GRADIENTS:
         return OutOfOrderError(
             f"the .grad requested at {node.loc} was already computed and passed on: "
             "gradients arrive in reverse order of the forward pass, so read the .grad of "
             "later values first (for example layer 5 before layer 0)"
         )
-    after = (
-        f" after reading {describe(previous.target)} at {previous.loc}"
-        if previous is not None
-        else ""
-    )
+    after = f" after reading {describe(previous)} at {previous.loc}" if previous is not None else ""
     return OutOfOrderError(
-        f"{describe(node.target)} was requested at {node.loc}{after}, but that module had "
+        f"{describe(node)} was requested at {node.loc}{after}, but that module had "
         "already run in this forward pass. Access modules in the order the model calls "
         "them (for example layer 0 before layer 5), or use a separate invoke."
     )
@@ -99,7 +95,7 @@ def out_of_order(node: Node, previous: Node | None) -> OutOfOrderError:
 def not_called(node: Node, count: int) -> ModuleNotCalledError:
     """The error for a module access whose step never came (the module ran `count` times)."""
     return ModuleNotCalledError(
-        f"{describe(node.target)} requested at {node.loc} was never reached: "
+        f"{describe(node)} requested at {node.loc} was never reached: "
         f"the module ran {count} time(s) in this run and step {node.step} was "
         "asked for. Check the module path, the inputs, and any early stop."
     )

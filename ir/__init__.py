@@ -24,12 +24,18 @@ from .errors import (
 )
 from .graph import Graph, Invoke
 from .node import Const, Node, Ref, SourceLoc, const, map_args, ref, refs
-from .ops import EFFECTFUL, HOOKED, Op
+from .op_table import EFFECTFUL, GRADIENTS, HOOKED, OPS, READS, SITED, VALUED
+from .ops import Op
 from .session import SessionGraph, TraceRef
 
 __all__ = [
     "EFFECTFUL",
+    "GRADIENTS",
     "HOOKED",
+    "OPS",
+    "READS",
+    "SITED",
+    "VALUED",
     "BarrierError",
     "BatchError",
     "BatchIndexError",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from .functions import split_name
 from .node import Node
-from .ops import EFFECTFUL, Op
+from .op_table import EFFECTFUL
+from .ops import Op
 
 IN_PLACE_OPERATORS = frozenset(
     f"operator.i{name}"
@@ -40,7 +42,7 @@ def has_effect(node: Node) -> bool:
         kwargs = node.kwargs
         if kwargs and (kwargs.get("inplace") is True or "out" in kwargs):
             return True  # F.relu(x, inplace=True), torch.mul(a, b, out=a)
-        name = node.target.rsplit(".", 1)[-1]
+        name = split_name(node.target)[1]
         if node.op is Op.METHOD and name in CONTAINER_MUTATORS:
             return True  # values.append(x) on a list made in the trace
         if name.endswith("_") and not name.endswith("__"):

@@ -13,6 +13,14 @@ _NAMES: dict[Any, str] = {}
 _RESOLVED: dict[str, Callable[..., Any]] = {}
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """A CALL or METHOD target's namespace and short name: "torch.nn.functional.relu" ->
+    ("torch.nn.functional", "relu"), "clone" -> ("", "clone"). The one reading of a function
+    target that the registry, the effect rules and the purity rules share."""
+    namespace, _, short = name.rpartition(".")
+    return namespace, short
+
+
 def qualified_name(func: Callable[..., Any]) -> str:
     """The importable dotted name of `func` ("torch.argmax", "operator.add").
 

@@ -1,20 +1,23 @@
-"""The closed set of opcodes a Node can have, and the op sets passes key on."""
+"""The closed set of opcodes a Node can have. What each op takes, does and how it prints is
+its row in `ir.op_table` (which also makes the op sets passes key on: EFFECTFUL, HOOKED)."""
 
 from __future__ import annotations
 
 import enum
-from typing import Final
 
 
 class Op(str, enum.Enum):
     """What a node does. The value is the wire name: never rename or reuse one.
 
-    READ and WRITE with target "grad" address the gradient of args[0] during the backward
-    pass of the BACKWARD node args[1]; a WRITE's value is always its last argument.
+    READ_GRAD and WRITE_GRAD address the gradient of args[0] during the backward pass of the
+    BACKWARD node args[1]; a WRITE's or WRITE_GRAD's value is always its last argument.
     """
 
-    READ = "read"  # value at a hook site; target = "layer1.output", "h.0.input", "result"
-    WRITE = "write"  # replace the value at a hook site with args[0]
+    READ = "read"  # value at a module's hook site; target = "layer1.output", "h.0.input"
+    WRITE = "write"  # replace the value at a module's hook site with args[0]
+    RESULT = "result"  # the value the traced call returned (tracer.result()); no arguments
+    READ_GRAD = "read_grad"  # the gradient of args[0] in the backward pass args[1]
+    WRITE_GRAD = "write_grad"  # replace that gradient with args[2]
     CALL = "call"  # function by qualified name; target = "torch.argmax", "operator.add"
     METHOD = "method"  # method call on args[0]; target = "clone"
     GETATTR = "getattr"  # attribute of args[0]; target = "shape"
@@ -34,24 +37,3 @@ class Op(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-EFFECTFUL: Final = frozenset(
-    {
-        Op.WRITE,
-        Op.SETITEM,
-        Op.SAVE,
-        Op.LOG,
-        Op.BACKWARD,
-        Op.SKIP,
-        Op.STOP,
-        Op.BARRIER,
-        Op.CACHE,
-        Op.CALL_MODULE,  # a module may keep state (running statistics) or change its input
-        Op.LOCAL,  # the client runs its block (prints, plots) even when nothing uses its value
-    }
-)
-"""Ops that must run even when nothing uses their value."""
-
-HOOKED: Final = frozenset({Op.READ, Op.WRITE, Op.SKIP})
-"""Ops that run at a hook site and wait for it."""

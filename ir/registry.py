@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from .errors import NNsightError
+from .functions import split_name
 
 
 class RegistryError(NNsightError):
@@ -176,7 +177,7 @@ def kind_of(value: Any) -> str:
 
 def check_function(name: str) -> None:
     """Raise RegistryError unless graphs from outside may call the function `name`."""
-    module, _, short = name.rpartition(".")
+    module, short = split_name(name)
     if short.startswith("_") or short not in FUNCTIONS.get(module, ()):
         raise RegistryError(
             f"the graph calls {name!r}, which is not in the registry of functions a graph "
@@ -195,7 +196,7 @@ def allowed_function(name: str) -> Callable[..., Any]:
     if function is not None:
         return function
     check_function(name)
-    module_name, _, short = name.rpartition(".")
+    module_name, short = split_name(name)
     function = getattr(importlib.import_module(module_name), short, None)
     if function is None or not callable(function) or isinstance(function, type(importlib)):
         raise RegistryError(f"{name!r} is not a function in this version of {module_name}")

@@ -1,9 +1,10 @@
 """Hook sites: where a hooked node waits for the model, read from its target in one place.
 
 A READ, WRITE or SKIP node's target names a site: a module path and what is read or written
-there ("h.0.output", "layer1.inputs", "h.1.skip", "h.0.source.attn_0.output"), the model's
-result ("result") or a gradient ("grad"). Every pass and the executor learn which hook serves
-a node from `site_of`, so they cannot disagree.
+there ("h.0.output", "layer1.inputs", "h.1.skip", "h.0.source.attn_0.output"). Every pass
+and the executor learn which hook serves a node from `site_of`, so they cannot disagree. The
+model's result and gradients are ops of their own (RESULT, READ_GRAD, WRITE_GRAD), served by
+the RESULT and GRAD kinds of hook.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ _PRE_HOOK_KINDS: Final = frozenset({"input", "inputs", "skip"})  # a skip is dec
 class SiteOf(NamedTuple):
     """A node's site: the module path, what it reads or writes, and the hook that serves it."""
 
-    path: str  # "" for the root and for the result and gradients
-    kind: str  # "output", "input", "inputs", "skip", "result" or "grad"
-    hook: str  # INPUT, OUTPUT, RESULT or GRAD
+    path: str  # "" for the root
+    kind: str  # "output", "input", "inputs" or "skip" (anything else: not a site)
+    hook: str  # INPUT or OUTPUT
 
     @property
     def module(self) -> str:
@@ -46,11 +47,8 @@ def site_of(target: str) -> SiteOf:
     """The site a hooked node's target names (cached: targets repeat across traces)."""
     site = _CACHE.get(target)
     if site is None:
-        if target in (RESULT, GRAD):
-            site = SiteOf("", target, target)
-        else:
-            path, _, kind = target.rpartition(".")
-            site = SiteOf(path, kind, INPUT if kind in _PRE_HOOK_KINDS else OUTPUT)
+        path, _, kind = target.rpartition(".")
+        site = SiteOf(path, kind, INPUT if kind in _PRE_HOOK_KINDS else OUTPUT)
         if len(_CACHE) < 100_000:  # a bound: targets of loaded graphs are not ours to keep
             _CACHE[target] = site
     return site

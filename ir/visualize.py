@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .graph import Graph
 from .node import Node, Ref, refs
+from .op_table import OPS
 from .ops import Op
 
 if TYPE_CHECKING:
@@ -29,18 +30,6 @@ _LABEL_WIDTH = 100  # longer label lines are cut; the tooltip keeps the whole li
 _FILLS = ("#cfe2ff", "#d1f2d9", "#ffe5b4", "#f8d7da", "#e2d9f3", "#d2f4f4", "#fff3b0", "#f3d9e8")
 _BORDERS = ("#3d6fb6", "#2e8b57", "#c07a00", "#b5323f", "#6a4ca3", "#2a8c8c", "#a68a00", "#a3487a")
 _AFTER_FILL, _AFTER_BORDER = "#eeeeee", "#777777"
-
-# How each op is drawn; anything not listed is a rounded box. Reads come from the model (a
-# house upside down, pointing in), writes go into it (a bold house, pointing out).
-_WRITE_STYLE = {"shape": "house", "style": "filled,bold", "penwidth": "2.5"}
-_OP_STYLES: dict[Op, dict[str, str]] = {
-    Op.READ: {"shape": "invhouse", "style": "filled"},
-    Op.WRITE: _WRITE_STYLE,
-    Op.SETITEM: _WRITE_STYLE,
-    Op.SAVE: {"shape": "note", "style": "filled"},
-    Op.LOG: {"shape": "note", "style": "filled,dashed"},
-}
-_DEFAULT_STYLE = {"shape": "box", "style": "rounded,filled"}
 
 
 def _uses(node: Node) -> Iterator[tuple[int, str]]:
@@ -123,7 +112,7 @@ def _cluster(graph: Graph, invoke: int, nodes: list[Node]) -> list[str]:
         f'    style="rounded"; color="{border}"; fontname="Helvetica"; fontcolor="{border}";',
     ]
     for node in nodes:
-        attributes = {**_OP_STYLES.get(Op(node.op), _DEFAULT_STYLE), "fillcolor": fill}
+        attributes = {**OPS[Op(node.op)].style, "fillcolor": fill}  # drawn as its row says
         attributes["color"] = border
         text = _cut(str(node._replace(loc=None)))
         if node.loc is not None:

@@ -357,7 +357,7 @@ def loads(data: bytes, max_size: int | None = None, limits: Limits = LOCAL) -> G
             "the payload is a session (several traces), not one graph: read it with "
             "ir.wire.loads_session, or ir.wire.loads_any for either kind"
         )
-    return _Decoder(model, tensors, limits).graph()
+    return _Decoder(model, tensors, limits, version=model.schema_version).graph()
 
 
 def loads_session(data: bytes, max_size: int | None = None, limits: Limits = LOCAL) -> SessionGraph:
@@ -375,13 +375,14 @@ def loads_any(
     """The graph or the session in a payload (what a server reads: either kind)."""
     model, tensors = _read(data, max_size, limits)
     if isinstance(model, GraphModel):
-        return _Decoder(model, tensors, limits).graph()
+        return _Decoder(model, tensors, limits, version=model.schema_version).graph()
     traces: list[Graph] = []
     keep: list[frozenset[int]] = []
     for index, trace in enumerate(model.traces):
         prefix = f"t{index}."
         own = {k: v for k, v in tensors.items() if k.startswith(prefix)}
-        traces.append(_Decoder(trace.graph, own, limits, sessions=True).graph())
+        decoder = _Decoder(trace.graph, own, limits, sessions=True, version=model.schema_version)
+        traces.append(decoder.graph())
         keep.append(frozenset(trace.keep))
     named = {k for k in tensors if not any(k.startswith(f"t{i}.") for i in range(len(traces)))}
     if named:
@@ -510,7 +511,6 @@ def _validate(header: bytes, limits: Limits) -> GraphModel | SessionModel:
     try:
         if session:
             return SessionModel.model_validate(data)
-        data = {**data, "schema_version": SCHEMA_VERSION}  # version 1 graphs read as version 2
         return GraphModel.model_validate(data)
     except pydantic.ValidationError as e:
         raise WireFormatError(f"the payload does not match the graph schema: {e}") from e
@@ -528,13 +528,27 @@ def _load_tensors(blob: bytes) -> dict[str, Any]:
         raise WireFormatError(f"the payload's tensor data is corrupt: {e}") from e
 
 
+LEGACY_SITES: dict[tuple[Op, str], tuple[Op, str]] = {
+    (Op.READ, "result"): (Op.RESULT, ""),
+    (Op.READ, "grad"): (Op.READ_GRAD, ""),
+    (Op.WRITE, "grad"): (Op.WRITE_GRAD, ""),
+}
+"""(op, target) of a schema version 1 or 2 node -> the op it is now, with its target."""
+
+
 class _Decoder:
     """Rebuilds a Graph from a validated model, checking what the schema alone cannot."""
 
     def __init__(
-        self, model: GraphModel, tensors: dict[str, Any], limits: Limits, sessions: bool = False
+        self,
+        model: GraphModel,
+        tensors: dict[str, Any],
+        limits: Limits,
+        sessions: bool = False,
+        version: int = SCHEMA_VERSION,
     ) -> None:
         self.sessions = sessions  # a trace of a session: TraceRef constants are allowed
+        self.legacy = version < 3  # result and gradients were read/write targets then
         self.model = model
         self.tensors = tensors
         self.limits = limits
@@ -585,9 +599,10 @@ class _Decoder:
         self.ids.add(model.id)
         if not kwargs:
             kwargs = Node._field_defaults["kwargs"]  # the shared empty default, as recorded
-        return Node(
-            model.id, model.op, model.target, args, kwargs, model.invoke, model.step, loc, guard
-        )
+        op, target = model.op, model.target
+        if self.legacy:
+            op, target = LEGACY_SITES.get((op, target), (op, target))
+        return Node(model.id, op, target, args, kwargs, model.invoke, model.step, loc, guard)
 
     def invoke(self, model: InvokeModel) -> Invoke:
         where = f"invoke {model.index}"

@@ -15,10 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from .node import MAX_SOURCE_TEXT
 from .ops import Op
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2 added session payloads (SessionModel) and the trace_ref constant, then a graph's optional
-grad_mode (written only when it is set); a version 1 payload (a graph) is still read."""
-READABLE_VERSIONS = frozenset({1, 2})
+grad_mode (written only when it is set). 3 gave the model's result and gradients ops of their
+own: `result`, `read_grad`, `write_grad`, where 1 and 2 wrote a `read` or `write` node with
+target "result" or "grad"; payloads of versions 1 and 2 are still read, those nodes mapped to
+the new ops (`ir.wire.LEGACY_SITES`)."""
+READABLE_VERSIONS = frozenset({1, 2, 3})
 
 __all__ = [
     "READABLE_VERSIONS",

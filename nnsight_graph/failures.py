@@ -11,7 +11,7 @@ import torch
 from .ir import Const, Graph, Op, SourceLoc, map_args
 from .ir.errors import add_note
 
-_WRITES = frozenset({Op.WRITE, Op.SKIP})
+_WRITES = frozenset({Op.WRITE, Op.SKIP, Op.WRITE_GRAD})
 
 
 def note_model_error(

@@ -31,7 +31,7 @@ class Backward:
 def read_grad(proxy: Proxy) -> Proxy:
     """`value.grad` inside a backward block: the gradient flowing into that value."""
     recorder = proxy._nn_recorder
-    return recorder.once(Op.READ, "grad", (proxy, _current(recorder)))
+    return recorder.once(Op.READ_GRAD, "", (proxy, _current(recorder)))
 
 
 def write_grad(proxy: Proxy, value: Any) -> None:
@@ -47,7 +47,7 @@ def write_grad(proxy: Proxy, value: Any) -> None:
             "(`value.grad[:] = 0`)"
         )
     recorder = proxy._nn_recorder
-    recorder.add(Op.WRITE, "grad", (proxy, _current(recorder), value))
+    recorder.add(Op.WRITE_GRAD, "", (proxy, _current(recorder), value))
 
 
 def _current(recorder: Any) -> Any:

@@ -26,7 +26,9 @@ from .ir.errors import add_note
 from .proxy import _set_id
 from .recorder import Recorder, _proxies_in, active
 
-_SERVER_ONLY = frozenset({Op.STOP, Op.BARRIER, Op.BACKWARD, Op.CACHE, Op.SKIP, Op.WRITE})
+_SERVER_ONLY = frozenset(
+    {Op.STOP, Op.BARRIER, Op.BACKWARD, Op.CACHE, Op.SKIP, Op.WRITE, Op.WRITE_GRAD}
+)
 
 
 @dataclass
@@ -72,7 +74,9 @@ class LocalBlocks:
         """Run block `block` on the values the server sent; the values it asked back."""
         found = self.blocks.get(block)
         if found is None:
-            raise NNsightError(f"the server ran nnsight.local() block {block}, which this trace has not")
+            raise NNsightError(
+                f"the server ran nnsight.local() block {block}, which this trace has not"
+            )
         env = found.run(downloads, self.saved)
         return {id: env[id] for id in outputs}
 
@@ -148,7 +152,9 @@ def _split(recorder: Recorder, start: int, held: list[Any]) -> None:
     inputs = sorted({r.id for n in block_nodes for r in n.inputs() if r.id not in block_ids})
     index = len(recorder.local_blocks)
     local = recorder.append(
-        Op.LOCAL, "", tuple(ref(i) for i in inputs),
+        Op.LOCAL,
+        "",
+        tuple(ref(i) for i in inputs),
         {"block": index, "inputs": inputs, "outputs": []},
     )
     block = LocalBlock(index, block_nodes, recorder.constants, local)
@@ -179,7 +185,7 @@ def _runs_on_server(node: Node, block_ids: set[int]) -> bool:
             f"calling {node.target} on a value of an nnsight.local() block runs the model's "
             "module on the client, which has no weights: call it after the block"
         )
-    if op is Op.READ or op is Op.CALL_MODULE:
+    if op is Op.READ or op is Op.RESULT or op is Op.READ_GRAD or op is Op.CALL_MODULE:
         return True
     if op is Op.SAVE:
         return not uses_block

@@ -17,7 +17,7 @@ from .backends.observe import observed
 from .config import CONFIG
 from .editing import with_edits
 from .envoy import Envoy
-from .ir import BatchError, Const, Graph, Invoke, NNsightError, Node, Op, map_args
+from .ir import BatchError, Const, ExecutionError, Graph, Invoke, NNsightError, Node, Op, map_args
 from .ir.grad_mode import current_grad_mode, grad_mode_context
 from .ir.limits import LOCAL, SERVER, Limits
 from .passes import ModelFacts, run_passes
@@ -175,9 +175,18 @@ class NNsight(Envoy):
             for name in path.split("."):  # faster than get_submodule, which runs on each trace
                 child = module._modules.get(name)
                 if child is None:
-                    return self._module.get_submodule(path)  # raises, naming what is missing
+                    return self._submodule(path)
                 module = child
         return module
+
+    def _submodule(self, path: str) -> torch.nn.Module:
+        try:
+            return self._module.get_submodule(path)
+        except AttributeError as error:  # a graph built or loaded by hand names any path
+            raise ExecutionError(
+                f"the graph names the module {path!r}, which this model does not have ({error}); "
+                "use a path from the model's named_modules()"
+            ) from None
 
     # what a backend needs from the model ----------------------------------------------------
 
@@ -352,7 +361,7 @@ class _CachedPlan:
         checked = tuple(
             arg.index
             for node in graph.nodes
-            if node.op is Op.WRITE
+            if node.op is Op.WRITE or node.op is Op.WRITE_GRAD
             for arg in node.args
             if isinstance(arg, Const)
         )

@@ -189,7 +189,7 @@ class Tracer(capture.CapturedBlock):
         recorder = self._require_recorder("tracer.result")
         if recorder.invoke < 0:
             raise InvokeError("use tracer.result inside an invoke")
-        return ResultProxy(recorder, recorder.once(Op.READ, "result")._nn_node())
+        return ResultProxy(recorder, recorder.once(Op.RESULT, "")._nn_node())
 
     # the with statement -------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ annotate nodes."""
 
 from __future__ import annotations
 
-from ..ir import HOOKED, Graph, Op
+from ..ir import SITED, Graph, Op
 from ..ir.sites import site_of
 
 
@@ -15,9 +15,7 @@ def needed_hooks(graph: Graph) -> dict[str, set[str]]:
     """
     hooks: dict[str, set[str]] = {}
     for node in graph.nodes:
-        if node.op in HOOKED:
-            if node.target in ("grad", "result"):
-                continue
+        if node.op in SITED:
             site = site_of(node.target)
             hooks.setdefault(site.module, set()).add(site.hook)
         elif node.op is Op.CACHE:

@@ -7,7 +7,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..ir import HOOKED, Const, Graph, Node, Op, Ref, has_effect, ref, refs
+from ..ir import GRADIENTS, HOOKED, Const, Graph, Node, Op, Ref, has_effect, ref, refs
 from .purity import is_pure_call, is_random, may_change_values
 
 # dead nodes -------------------------------------------------------------------------------------
@@ -130,8 +130,8 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
 
 def _can_merge(node: Node) -> bool:
     match node.op:
-        case Op.READ:
-            return node.target != "grad"
+        case Op.READ | Op.RESULT:
+            return True
         case Op.CALL:
             return is_pure_call(node) and not has_effect(node) and not is_random(node)
         case Op.METHOD:
@@ -286,7 +286,7 @@ def _ref_positions(node: Node) -> int:
     """How many leading arguments of the node must stay Refs (what they refer to matters)."""
     if node.op is Op.SAVE:
         return len(node.args)
-    if node.op in HOOKED and node.target == "grad":
+    if node.op in GRADIENTS:
         return 2  # the value whose gradient it is, and the backward pass
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..ir import Node, Op, mutates
 from ..ir.effects import CONTAINER_MUTATORS
+from ..ir.functions import split_name
 
 RANDOM_NAMES = frozenset(
     {
@@ -46,7 +47,7 @@ def is_random(node: Node) -> bool:
     random number generator."""
     if node.op is not Op.CALL and node.op is not Op.METHOD:
         return False
-    name = node.target.rpartition(".")[2].lower()
+    name = split_name(node.target)[1].lower()
     if "rand" in name or "dropout" in name or name.startswith(("empty", "new_empty")):
         return True
     return name.rstrip("_") in RANDOM_NAMES
@@ -54,7 +55,7 @@ def is_random(node: Node) -> bool:
 
 def is_pure_call(node: Node) -> bool:
     """Whether a CALL's function is known to compute only its result from its arguments."""
-    namespace, _, name = node.target.rpartition(".")
+    namespace, name = split_name(node.target)
     if namespace not in PURE_NAMESPACES:
         return False
     return not any(word in name.lower() for word in IMPURE_WORDS)

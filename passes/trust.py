@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any, Final
 
-from ..ir import Graph, Node, Op
+from ..ir import SITED, Graph, Node, Op
 from ..ir.errors import add_note
 from ..ir.limits import LOCAL, Limits
 from ..ir.registry import METHODS, RegistryError, check_function
@@ -102,7 +102,7 @@ def _check_node(node: Node, module_paths: Collection[str]) -> None:
         elif op is Op.GETATTR:
             if node.target.startswith("_") or not node.target.isidentifier():
                 raise RegistryError(f"the attribute name {node.target!r} is never allowed")
-        elif op in (Op.READ, Op.WRITE, Op.SKIP) and node.target not in ("grad", "result"):
+        elif op in SITED:
             _check_site(node.target, module_paths)
         elif op is Op.CALL_MODULE:
             _check_path(node.target, module_paths)

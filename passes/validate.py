@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..ir import (
-    HOOKED,
+    GRADIENTS,
+    SITED,
     BatchError,
     BatchIndexError,
     Graph,
@@ -36,7 +37,7 @@ def check_module_order(graph: Graph, facts: ModelFacts | None) -> Graph:
     live = {node.id for node in eliminate_dead_nodes(graph).nodes}
     last: dict[tuple[int, int], tuple[int, Node]] = {}
     for node in graph.nodes:
-        if node.op not in HOOKED or node.target == "result" or node.id not in live:
+        if node.op not in SITED or node.id not in live:
             continue
         position = facts.order.get(_site(node.target))
         if position is None:
@@ -61,15 +62,14 @@ def check_batch_slices(graph: Graph, facts: ModelFacts | None) -> Graph:
     tensor_outputs = facts.tensor_outputs if facts is not None else frozenset()
     reads: dict[int, Node] = {}
     for node in graph.nodes:
-        if node.op is Op.READ and node.target.endswith(".output"):
-            if node.target[: -len(".output")] in tensor_outputs:
-                reads[node.id] = node
+        if node.op is Op.READ and _module_value(node.target, "output") in tensor_outputs:
+            reads[node.id] = node
         owned = rows.get(node.invoke)
         if owned is None:
             continue
         if node.op is Op.GETITEM and isinstance(node.args[0], Ref) and node.args[0].id in reads:
             _check_index(node, node.args[1], owned)
-        if node.op is Op.WRITE and node.target[: -len(".output")] in tensor_outputs:
+        if node.op is Op.WRITE and _module_value(node.target, "output") in tensor_outputs:
             _check_write(graph, node, owned)
     return graph
 
@@ -107,9 +107,9 @@ def check_gradients(graph: Graph, facts: ModelFacts | None) -> Graph:
     seen: set[int] = set()
     for node in graph.nodes:
         seen.add(node.id)
-        if node.op not in HOOKED or node.target != "grad":
+        if node.op not in GRADIENTS:
             continue
-        verb = "read" if node.op is Op.READ else "set"
+        verb = "read" if node.op is Op.READ_GRAD else "set"
         backward = node.args[1] if len(node.args) > 1 else None
         if not isinstance(node.args[0] if node.args else None, Ref) or not isinstance(
             backward, Ref
@@ -139,12 +139,12 @@ def check_skips(graph: Graph, facts: ModelFacts | None) -> Graph:
     once the output exists the module has run, so the skip could not take effect."""
     reads: dict[tuple[str, int, int], Node] = {}
     for node in graph.nodes:
-        if node.op is Op.READ and node.target.endswith("output"):
-            path = _module_path(node.target, "output")
+        if node.op is Op.READ:
+            path = _module_value(node.target, "output")
             if path is not None:
                 reads.setdefault((path, node.invoke, node.step), node)
         elif node.op is Op.SKIP:
-            path = _module_path(node.target, "skip")
+            path = _module_value(node.target, "skip")
             read = reads.get((path, node.invoke, node.step)) if path is not None else None
             if read is not None:
                 raise ValidationError(
@@ -155,10 +155,8 @@ def check_skips(graph: Graph, facts: ModelFacts | None) -> Graph:
     return graph
 
 
-def _module_path(target: str, kind: str) -> str | None:
-    """The module path of a hook target of this kind ("h.0.output" -> "h.0", "output" -> "")."""
-    if target == kind:
-        return ""
-    if target.endswith("." + kind):
-        return target[: -len(kind) - 1]
-    return None
+def _module_value(target: str, kind: str) -> str | None:
+    """The module path of a hook target of this kind, outside `.source` call sites ("h.0.output"
+    -> "h.0", "output" -> ""); None for any other target."""
+    site = site_of(target)
+    return site.path if site.kind == kind and not site.in_source else None

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..model import NNsight
 
 _ALONE = frozenset({Op.STOP, Op.SKIP, Op.BARRIER, Op.BACKWARD, Op.CACHE, Op.CALL_MODULE,
-                    Op.LOG, Op.LOCAL})
+                    Op.LOG, Op.LOCAL, Op.RESULT, Op.READ_GRAD, Op.WRITE_GRAD})
 _ROW_SITES = frozenset({"output", "input", "inputs"})
 
 

@@ -10,7 +10,15 @@ import nnsight_graph as nnsight
 from nnsight_graph.ir import Const, Graph, Invoke, Node, Op, Ref, SessionGraph, TraceRef
 from nnsight_graph.ir.errors import WireFormatError
 from nnsight_graph.ir.results import loads_session_results
-from nnsight_graph.ir.wire import MAGIC, dumps, dumps_session, loads, loads_any, loads_session
+from nnsight_graph.ir.wire import (
+    MAGIC,
+    SCHEMA_VERSION,
+    dumps,
+    dumps_session,
+    loads,
+    loads_any,
+    loads_session,
+)
 from nnsight_graph.remote.execution import check_payload, run_payload
 
 
@@ -159,7 +167,7 @@ def test_a_version_1_graph_payload_is_still_read():
     container = zstandard.ZstdDecompressor().decompress(payload)
     length = int.from_bytes(container[8:16], "little")
     header = json.loads(container[16 : 16 + length])
-    assert header["schema_version"] == 2
+    assert header["schema_version"] == SCHEMA_VERSION == 3
     header["schema_version"] = 1
     text = json.dumps(header).encode()
     old = MAGIC + len(text).to_bytes(8, "little") + text + container[16 + length :]

@@ -99,3 +99,21 @@ def test_skip_then_reading_the_modules_input_works_on_every_trace(make_net):
             out = model.output.save()
         assert torch.allclose(given, net.layer1(x))
         assert torch.equal(out, torch.zeros(1, 2))
+
+
+def test_skip_then_reading_the_blocks_inputs_works_on_every_trace_of_gpt2(llm, count_calls):
+    """The same rule on a real model, through the plan cache: the second and later traces
+    (the call order known, the plan cached) accept what the first one did."""
+    attention = count_calls(llm._module.transformer.h[1].attn)
+    for _ in range(3):
+        with llm.trace(PARIS):
+            block0 = llm.transformer.h[0].output
+            llm.transformer.h[1].skip(block0)
+            given = llm.transformer.h[1].input.save()
+            first = llm.transformer.h[1].inputs[0][0].save()
+            after = llm.transformer.h[2].input.save()
+            kept = block0.save()
+        assert torch.equal(given, kept)
+        assert torch.equal(first, kept)
+        assert torch.equal(after, kept)  # the skipped block's output is its substitute
+    assert attention.calls == 0

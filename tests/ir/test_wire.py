@@ -172,7 +172,7 @@ def test_if_that_assigns_in_one_branch_only_can_be_sent():
 
 def test_json_schema_names_the_version():
     schema = json_schema()
-    assert schema["properties"]["schema_version"]["default"] == SCHEMA_VERSION == 2
+    assert schema["properties"]["schema_version"]["default"] == SCHEMA_VERSION == 3
     assert {"nodes", "constants", "invokes", "optional", "method", "options"} <= set(
         schema["properties"]
     )
@@ -182,7 +182,7 @@ def test_json_schema_names_the_version():
 # the bytes of a payload -----------------------------------------------------------------------
 
 PINNED_HEADER = (
-    '{"schema_version":2,"nodes":[{"id":0,"op":"read","target":"layer1.output",'
+    '{"schema_version":3,"nodes":[{"id":0,"op":"read","target":"layer1.output",'
     '"loc":{"file":"demo.py","line":3}},{"id":1,"op":"call","target":"torch.mul",'
     '"args":[{"kind":"ref","id":0},{"kind":"const","index":0}],'
     '"kwargs":{"alpha":{"kind":"float","value":1.5}},"invoke":1,"step":2,"guard":0},'
@@ -458,7 +458,7 @@ def _edit(edit) -> bytes:
         (lambda h: h["invokes"][0]["args"].append({"kind": "ref", "id": 0}), "node reference"),
         (lambda h: h["options"].update(x={"kind": "ref", "id": 0}), "node reference"),
         (lambda h: h.update(optional=[12345]), "optional names nodes"),
-        (lambda h: h.update(schema_version=3), "schema version 3.*upgrade nnsight_graph"),
+        (lambda h: h.update(schema_version=4), "schema version 4.*upgrade nnsight_graph"),
         (lambda h: h.update(schema_version=0), "schema version 0"),
         (lambda h: h.update(kind="session", schema_version=1), "sessions start at version 2"),
         (
@@ -812,3 +812,46 @@ def test_a_guard_on_a_value_with_no_truth_value_names_its_line():
     with pytest.raises(RuntimeError, match="more than one value is ambiguous") as error:
         _run_header(_node(0, "read", "result"), write)
     assert "fuzz.py:2" in "\n".join(error.value.__notes__)
+
+
+# schema version 3: the model's result and gradients are ops of their own ---------------------
+
+
+def _legacy_nodes() -> list[dict]:
+    ref = {"kind": "ref"}
+    return [
+        {"id": 0, "op": "read", "target": "layer1.output"},
+        {"id": 1, "op": "read", "target": "result"},
+        {"id": 2, "op": "method", "target": "sum", "args": [ref | {"id": 1}]},
+        {"id": 3, "op": "backward", "target": "backward", "args": [ref | {"id": 2}]},
+        {"id": 4, "op": "read", "target": "grad", "args": [ref | {"id": 0}, ref | {"id": 3}]},
+        {"id": 5, "op": "save", "args": [ref | {"id": 4}]},
+        {"id": 6, "op": "write", "target": "grad",
+         "args": [ref | {"id": 0}, ref | {"id": 3}, ref | {"id": 4}]},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_payload_reads_its_result_and_gradient_targets_as_the_new_ops(version):
+    header = {"schema_version": version, "nodes": _legacy_nodes(), "invokes": [{"index": 0}]}
+    graph = loads(_close(header, EMPTY_TENSORS))
+    assert [(node.op, node.target) for node in graph.nodes] == [
+        (Op.READ, "layer1.output"),
+        (Op.RESULT, ""),
+        (Op.METHOD, "sum"),
+        (Op.BACKWARD, "backward"),
+        (Op.READ_GRAD, ""),
+        (Op.SAVE, ""),
+        (Op.WRITE_GRAD, ""),
+    ]
+    verify(graph)
+    assert "%4 = read_grad(%0, %3)" in str(graph)
+    again = loads(dumps(graph))  # written as version 3: the same graph
+    assert str(again) == str(graph)
+
+
+def test_a_version_3_payload_with_the_old_targets_is_refused_naming_the_new_ops():
+    header = {"schema_version": SCHEMA_VERSION, "nodes": _legacy_nodes(), "invokes": [{"index": 0}]}
+    graph = loads(_close(header, EMPTY_TENSORS))
+    with pytest.raises(ValidationError, match="the model's result is a result node now"):
+        verify(graph)

@@ -22,9 +22,9 @@ def test_needed_hooks_per_module():
         node(2, Op.WRITE, "layer2.inputs", ((ref(1),), {})),
         node(3, Op.SKIP, "h.0.skip", ref(1)),
         node(4, Op.READ, "output"),
-        node(5, Op.READ, "result"),
+        node(5, Op.RESULT, ""),
         node(6, Op.BACKWARD, "backward", ref(5)),
-        node(7, Op.READ, "grad", ref(1), ref(6)),
+        node(7, Op.READ_GRAD, "", ref(1), ref(6)),
         node(8, Op.CACHE, "cache", paths=["h.1", "h.2"], kinds=["output", "input"]),
     )
     hooks = needed_hooks(graph)

@@ -55,9 +55,9 @@ def test_both_checks_are_in_the_pipeline():
 
 def test_gradients_inside_their_backward_pass_are_valid_and_run():
     graph = gradient_graph(
-        node(5, Op.READ, "grad", ref(0), ref(4)),
+        node(5, Op.READ_GRAD, "", ref(0), ref(4)),
         node(6, Op.SAVE, "", ref(5)),
-        node(7, Op.WRITE, "grad", ref(0), ref(4), Const(1)),
+        node(7, Op.WRITE_GRAD, "", ref(0), ref(4), Const(1)),
     )
     assert check_gradients(graph, None) is graph
     optimized = run_passes(graph, None, debug=True)
@@ -72,7 +72,7 @@ def test_a_gradient_without_a_backward_pass_names_its_line():
     graph = graph_of(
         node(0, Op.READ, "layer1.output"),
         node(1, Op.METHOD, "sum", ref(0)),
-        node(2, Op.READ, "grad", ref(0), ref(1)),  # %1 is not a backward pass
+        node(2, Op.READ_GRAD, "", ref(0), ref(1)),  # %1 is not a backward pass
     )
     with pytest.raises(ValidationError, match=r"\.grad read at /x/demo.py:12 is not inside"):
         check_gradients(graph, None)
@@ -84,7 +84,7 @@ def test_a_gradient_set_before_its_backward_pass_names_its_line():
     graph = graph_of(
         node(0, Op.READ, "layer1.output"),
         node(1, Op.METHOD, "sum", ref(0)),
-        node(2, Op.WRITE, "grad", ref(0), ref(3), 0.0),
+        node(2, Op.WRITE_GRAD, "", ref(0), ref(3), 0.0),
         node(3, Op.BACKWARD, "backward", ref(1)),
     )
     with pytest.raises(ValidationError, match=r"\.grad set at /x/demo.py:12 is not inside"):
@@ -96,7 +96,7 @@ def test_a_gradient_of_another_invokes_backward_pass_names_both_lines():
         node(0, Op.READ, "layer1.output", invoke=0),
         node(1, Op.METHOD, "sum", ref(0), invoke=0),
         node(2, Op.BACKWARD, "backward", ref(1), invoke=0),
-        node(3, Op.READ, "grad", ref(0), ref(2), invoke=1),
+        node(3, Op.READ_GRAD, "", ref(0), ref(2), invoke=1),
         invokes=2,
     )
     with pytest.raises(
@@ -106,7 +106,7 @@ def test_a_gradient_of_another_invokes_backward_pass_names_both_lines():
 
 
 def test_a_gradient_node_without_its_references():
-    graph = graph_of(node(0, Op.READ, "grad", 1, 2))
+    graph = graph_of(node(0, Op.READ_GRAD, "", 1, 2))
     with pytest.raises(ValidationError, match="does not name the value and the backward pass"):
         check_gradients(graph, None)
 
