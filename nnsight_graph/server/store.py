@@ -30,7 +30,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    arrival INTEGER NOT NULL
+    arrival INTEGER NOT NULL,
+    merge_key TEXT,
+    rows INTEGER NOT NULL DEFAULT 0,
+    batch_id TEXT,
+    batch_jobs INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (model, status, arrival);
 CREATE TABLE IF NOT EXISTS events (
@@ -55,20 +59,24 @@ class Store:
         self.db.row_factory = sqlite3.Row
         with self.lock, self.db:
             self.db.executescript(_SCHEMA)
+            _add_columns(self.db)
         self.changed = threading.Condition()  # notified on every new event
 
     # jobs ------------------------------------------------------------------------------------
 
-    def add(self, user: str, model: str, payload: bytes, names: dict[str, str]) -> str:
+    def add(self, user: str, model: str, payload: bytes, names: dict[str, str],
+            merge_key: str | None = None, rows: int = 0) -> str:
+        """Queue a job; `merge_key` and `rows` (remote.cobatch.batch_key) say with which
+        other queued jobs it may run as one forward pass, and how many batch rows it owns."""
         job = uuid.uuid4().hex
         self.payload_path(job).write_bytes(payload)
         now = time.time()
         with self.lock, self.db:
             arrival = self.db.execute("SELECT COALESCE(MAX(arrival), 0) + 1 FROM jobs").fetchone()[0]
             self.db.execute(
-                "INSERT INTO jobs (id, user, model, status, names, created, arrival) "
-                "VALUES (?, ?, ?, 'QUEUED', ?, ?, ?)",
-                (job, user, model, json.dumps(names), now, arrival),
+                "INSERT INTO jobs (id, user, model, status, names, created, arrival, merge_key, "
+                "rows) VALUES (?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?)",
+                (job, user, model, json.dumps(names), now, arrival, merge_key, rows),
             )
         self.event(job, {"type": "STATUS", "status": "RECEIVED"})
         self.event(job, {"type": "STATUS", "status": "QUEUED", "position": self.position(job)})
@@ -119,6 +127,31 @@ class Store:
         if not users:
             return None
         return first[min(users, key=lambda u: last.get(u) or 0.0)]  # ties: earliest arrival
+
+    def mergeable(self, model: str, merge_key: str) -> list[tuple[str, str, int]]:
+        """The queued jobs of `model` that share `merge_key`, in arrival order: (id, user,
+        rows) each."""
+        with self.lock:
+            found = self.db.execute(
+                "SELECT id, user, rows FROM jobs WHERE model = ? AND status = 'QUEUED' AND "
+                "merge_key = ? ORDER BY arrival", (model, merge_key),
+            ).fetchall()
+        return [(r["id"], r["user"], int(r["rows"])) for r in found]
+
+    def running_by_user(self) -> dict[str, int]:
+        """How many jobs each key runs now (all models)."""
+        with self.lock:
+            return dict(self.db.execute(
+                "SELECT user, COUNT(*) FROM jobs WHERE status = 'RUNNING' GROUP BY user"
+            ).fetchall())
+
+    def set_batch(self, jobs: list[str]) -> None:
+        """Record that `jobs` (taken, RUNNING) run as one forward pass: the batch's id (its
+        first job's) and size, shown in each job's status."""
+        marks = ", ".join("?" * len(jobs))
+        with self.lock, self.db:
+            self.db.execute(f"UPDATE jobs SET batch_id = ?, batch_jobs = ? WHERE id IN ({marks})",
+                            (jobs[0], len(jobs), *jobs))
 
     def seconds_used(self, user: str, since: float, now: float) -> float:
         """Wall seconds the key's jobs ran between `since` and `now` (running ones so far)."""
@@ -264,6 +297,15 @@ class Store:
             )]
         for job in old:
             self.result_path(job).unlink(missing_ok=True)
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Give a store made by an earlier version the columns co-batching added."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for column, kind in (("merge_key", "TEXT"), ("rows", "INTEGER NOT NULL DEFAULT 0"),
+                         ("batch_id", "TEXT"), ("batch_jobs", "INTEGER")):
+        if column not in have:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
 
 __all__ = ["FINAL", "Store"]
