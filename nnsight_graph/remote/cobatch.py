@@ -120,12 +120,11 @@ def run_batch(model: NNsight, payloads: list[bytes], limits: Limits) -> list[byt
             continue
         results.append(None)
         graphs.append(job)
-    if len(graphs) == 1:
-        ran = [_alone(model, graphs[0], limits)]
-    elif graphs:
+    keys = {merge_key(graph, input_widths(model, graph)) for graph in graphs}
+    if len(graphs) > 1 and len(keys) == 1 and None not in keys:  # checked again, here
         ran = _merged(model, graphs, limits)
     else:
-        ran = []
+        ran = [_alone(model, graph, limits) for graph in graphs]
     outcomes = iter(ran)
     return [next(outcomes) if result is None else result for result in results]
 
@@ -160,19 +159,23 @@ def batch_key(shape: Any, job: Graph | SessionGraph) -> tuple[str | None, int]:
 
 def input_widths(model: Any, graph: Graph) -> list[int] | None:
     """The token width of every input row of the graph's invokes, for a LanguageModel
-    (tokenized as its run would); None when rows are padded or inputs are not tokens."""
+    (tokenized as its run would); None when rows are padded, inputs are not tokens, or an
+    invoke's rows (start, stop) are not the rows its input makes, in order (a payload that
+    claims other rows than it brings could otherwise reach another job's rows)."""
     token_rows = getattr(model, "_token_rows", None)
     if token_rows is None:
         return None
     from ..model import _decode  # the model module imports the remote package lazily
 
-    widths = []
+    widths: list[int] = []
     for invoke in graph.invokes:
-        args, kwargs = _decode((invoke.args, invoke.kwargs), graph.constants)
         try:
+            args, kwargs = _decode((invoke.args, invoke.kwargs), graph.constants)
             rows = token_rows(args, kwargs)
         except Exception:  # not tokens: the run will say so; it is not merged
             return None
+        if invoke.start != len(widths) or invoke.stop != len(widths) + len(rows):
+            return None  # the rows it claims are not the rows its input makes: never merged
         for ids, mask in rows:
             if not all(mask):
                 return None
