@@ -191,12 +191,10 @@ class HostedModel:
                 continue
             try:
                 self.running = self._gather(first)  # before take: a cancel finds its job
-                jobs = [job for job in self.running if self.store.take(job)]
+                jobs = self.store.take_many(self.running)
                 self.running = jobs  # the others were cancelled between the two steps
                 if not jobs:
                     continue
-                if len(jobs) > 1:
-                    self.store.set_batch(jobs)
                 self.batch_sizes[len(jobs)] += 1
                 self.last_batch = len(jobs)
                 ok = self._run(jobs)
@@ -260,6 +258,9 @@ class HostedModel:
                 message = self.outbox.get(timeout=_TICK_S)
             except queue.Empty:
                 message = None
+            if message is not None and message[0] == "ended" and message[1] == jobs[0]:
+                self._ended(message[2], message[3], ended, results)
+                return True
             if message is not None and message[1] in unanswered:
                 job, kind = message[1], message[0]
                 if kind == "log":
@@ -279,12 +280,9 @@ class HostedModel:
                     unanswered.remove(job)
                     if job in ended:
                         results[job].unlink(missing_ok=True)
-                    elif kind == "cancelled":
-                        self.store.set_status(job, "CANCELLED")
-                    elif kind == "done":
-                        self.store.set_status(job, "COMPLETED")
-                    else:
-                        self.store.set_status(job, "ERROR", error=message[2])
+                    else:  # one write: the status, its event
+                        error = message[2] if kind == "error" else None
+                        self.store.finish_many([(job, _FINAL_OF[kind], error)])
                     if not unanswered:
                         return True
                     continue
@@ -317,6 +315,21 @@ class HostedModel:
                         "TimeoutError"))
                 return False
         return False
+
+    def _ended(self, jobs: list[str], outcomes: list[tuple[str, Any]], ended: set[str],
+               results: dict[str, Path]) -> None:
+        """A batch's jobs ended (the worker's one "ended" message): their statuses, in one
+        write; a job cancelled while the batch ran keeps CANCELLED and loses its result."""
+        finals: list[tuple[str, str, dict[str, Any] | None]] = []
+        for job, (kind, error) in zip(jobs, outcomes, strict=True):
+            if job in ended:
+                results[job].unlink(missing_ok=True)
+            else:
+                finals.append((job, _FINAL_OF[kind], error))
+        self.store.finish_many(finals)
+
+
+_FINAL_OF = {"done": "COMPLETED", "error": "ERROR", "cancelled": "CANCELLED"}
 
 
 def _error(message: str, name: str = "RuntimeError") -> dict[str, Any]:

@@ -145,13 +145,48 @@ class Store:
                 "SELECT user, COUNT(*) FROM jobs WHERE status = 'RUNNING' GROUP BY user"
             ).fetchall())
 
-    def set_batch(self, jobs: list[str]) -> None:
-        """Record that `jobs` (taken, RUNNING) run as one forward pass: the batch's id (its
-        first job's) and size, shown in each job's status."""
-        marks = ", ".join("?" * len(jobs))
+    def take_many(self, jobs: list[str]) -> list[str]:
+        """`take` for the jobs of one forward pass, in one transaction: those still queued
+        become RUNNING (with their events) and, when several, one batch (its id: its first
+        job's; its size, shown in each job's status). The taken ones, in order."""
+        now = time.time()
         with self.lock, self.db:
-            self.db.execute(f"UPDATE jobs SET batch_id = ?, batch_jobs = ? WHERE id IN ({marks})",
-                            (jobs[0], len(jobs), *jobs))
+            taken = [job for job in jobs if self.db.execute(
+                "UPDATE jobs SET status = 'RUNNING', started = ? WHERE id = ? AND "
+                "status = 'QUEUED'", (now, job)).rowcount]
+            if len(taken) > 1:
+                marks = ", ".join("?" * len(taken))
+                self.db.execute(
+                    f"UPDATE jobs SET batch_id = ?, batch_jobs = ? WHERE id IN ({marks})",
+                    (taken[0], len(taken), *taken))
+            for job in taken:
+                self._put_event(job, {"type": "STATUS", "status": "RUNNING", "step": None,
+                                      "steps": None}, now)
+        with self.changed:
+            self.changed.notify_all()
+        return taken
+
+    def finish_many(self, ends: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        """`set_status` for the jobs of one forward pass that ended, in one transaction:
+        (job, final status, error or None) each."""
+        now = time.time()
+        with self.lock, self.db:
+            for job, status, error in ends:
+                self.db.execute(
+                    "UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id = ?",
+                    (status, now, None if error is None else json.dumps(error), job))
+                self._put_event(job, {"type": "STATUS", "status": status}, now)
+        with self.changed:
+            self.changed.notify_all()
+        for job, _, _ in ends:
+            self.payload_path(job).unlink(missing_ok=True)
+
+    def _put_event(self, job: str, body: dict[str, Any], now: float) -> None:
+        """An event row, inside the caller's transaction (the lock held)."""
+        seq = self.db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job = ?", (job,)).fetchone()[0]
+        self.db.execute("INSERT INTO events (job, seq, body) VALUES (?, ?, ?)",
+                        (job, seq, json.dumps({**body, "time": now, "seq": seq})))
 
     def seconds_used(self, user: str, since: float, now: float) -> float:
         """Wall seconds the key's jobs ran between `since` and `now` (running ones so far)."""

@@ -8,8 +8,9 @@ written to result_path), `("cancelled", job_id)` (the cancel flag was set: the r
 its next node or step) or `("error", job_id, error)`.
 
 `("batch", job_ids, payload_paths, result_paths)` runs jobs that share a merge key as one
-forward pass (nnsight_graph.remote.cobatch.run_batch); the worker answers `done` or `error`
-per job, in order, or `cancelled` for every job when the cancel flag stopped the run.
+forward pass (nnsight_graph.remote.cobatch.run_batch); the worker answers once, `("ended",
+first_job_id, job_ids, outcomes)`, with `("done", None)` or `("error", error)` per job, in
+order (`("cancelled", None)` for every job when the cancel flag stopped the run).
 """
 
 from __future__ import annotations
@@ -143,28 +144,26 @@ def run_merged(
         except OSError as error:
             payloads.append(error)
     readable = [p for p in payloads if isinstance(p, bytes)]
+    outcomes: list[tuple[str, Any]] = []
     try:
         with redirect_stdout(io.StringIO()), cancellable(cancel.is_set):
             ran = iter(run_batch(model, readable, limits))
     except RunCancelled:
-        for job in jobs:
-            outbox.put(("cancelled", job))
+        outbox.put(("ended", jobs[0], jobs, [("cancelled", None)] * len(jobs)))
         return
     except Exception as error:  # not one job's fault (run_batch answers those per job)
-        for job in jobs:
-            outbox.put(("error", job, describe_error(error)))
+        outbox.put(("ended", jobs[0], jobs, [("error", describe_error(error))] * len(jobs)))
         return
-    for job, payload, path in zip(jobs, payloads, result_paths, strict=True):
+    for payload, path in zip(payloads, result_paths, strict=True):
         result = next(ran) if isinstance(payload, bytes) else payload
-        if isinstance(result, BaseException):
-            outbox.put(("error", job, describe_error(result)))
-            continue
-        try:
-            Path(path).write_bytes(result)
-        except OSError as error:
-            outbox.put(("error", job, describe_error(error)))
-        else:
-            outbox.put(("done", job))
+        if not isinstance(result, BaseException):
+            try:
+                Path(path).write_bytes(result)
+            except OSError as error:
+                result = error
+        outcomes.append(("error", describe_error(result)) if isinstance(result, BaseException)
+                        else ("done", None))
+    outbox.put(("ended", jobs[0], jobs, outcomes))
 
 
 def main(
