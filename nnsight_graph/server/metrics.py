@@ -66,7 +66,7 @@ class ServerCollector(Collector):
             "jobs per forward pass of the model's worker (1: a job that ran alone; more: "
             "co-batched)", labels=["model"])
         for name, model in self.models.items():
-            sizes = getattr(model, "batch_sizes", {})
+            sizes = dict(getattr(model, "batch_sizes", {}))  # a copy: the dispatcher adds
             buckets = [(str(edge), sum(n for size, n in sizes.items() if size <= edge))
                        for edge in BATCH_BUCKETS]
             buckets.append(("+Inf", sum(sizes.values())))
