@@ -20,12 +20,15 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..backends.guard import RunCancelled
 from ..ir import Const, Graph, Invoke, Node, Op, Ref, const, map_args, ref
+from ..ir.errors import WireFormatError
 from ..ir.limits import Limits
 from ..ir.results import dumps_results
+from ..ir.session import SessionGraph
 from ..ir.sites import site_of
 from ..ir.wire import loads_any
-from .execution import run_graph
+from .execution import rows_of, run_graph
 
 if TYPE_CHECKING:
     from ..model import NNsight
@@ -102,16 +105,36 @@ def split(saved: dict[int, Any], spans: list[tuple[int, int]]) -> list[dict[int,
 
 def run_batch(model: NNsight, payloads: list[bytes], limits: Limits) -> list[bytes | BaseException]:
     """Run job payloads that share a merge key as one forward pass; per job its results
-    payload, or its error. When the merged run fails, each job runs again alone, so an
-    error of one job fails only that job."""
+    payload, or its error. A payload that does not read fails only its own job; when the
+    merged run fails, each job runs again alone, so an error of one job fails only that job.
+    A cancelled run (backends.guard.RunCancelled) is raised: it stops every job."""
+    results: list[bytes | BaseException | None] = []
     graphs: list[Graph] = []
     for payload in payloads:
-        job = loads_any(payload, limits=limits)
-        assert isinstance(job, Graph)  # the server merges only graph payloads
+        try:
+            job = loads_any(payload, limits=limits)
+            if not isinstance(job, Graph):
+                raise WireFormatError("a session payload cannot run merged with other jobs")
+        except Exception as error:
+            results.append(error)
+            continue
+        results.append(None)
         graphs.append(job)
+    keys = {merge_key(graph, input_widths(model, graph)) for graph in graphs}
+    if len(graphs) > 1 and len(keys) == 1 and None not in keys:  # checked again, here
+        ran = _merged(model, graphs, limits)
+    else:
+        ran = [_alone(model, graph, limits) for graph in graphs]
+    outcomes = iter(ran)
+    return [next(outcomes) if result is None else result for result in results]
+
+
+def _merged(model: NNsight, graphs: list[Graph], limits: Limits) -> list[bytes | BaseException]:
     merged, spans = merge(graphs)
     try:
         saved = run_graph(model, merged, replace(limits, nodes=limits.nodes * len(graphs)))
+    except RunCancelled:
+        raise
     except Exception:
         return [_alone(model, graph, limits) for graph in graphs]
     return [dumps_results(values) for values in split(saved, spans)]
@@ -120,31 +143,44 @@ def run_batch(model: NNsight, payloads: list[bytes], limits: Limits) -> list[byt
 def _alone(model: NNsight, graph: Graph, limits: Limits) -> bytes | BaseException:
     try:
         return dumps_results(run_graph(model, graph, limits))
+    except RunCancelled:
+        raise
     except Exception as error:
         return error
 
 
-
+def batch_key(shape: Any, job: Graph | SessionGraph) -> tuple[str | None, int]:
+    """What the server stores with a checked job at submit: its merge key on the model
+    `shape` (None: it runs alone; a session always does) and the batch rows it owns."""
+    if not isinstance(job, Graph):
+        return None, 0
+    return merge_key(job, input_widths(shape, job)), rows_of(job)
 
 
 def input_widths(model: Any, graph: Graph) -> list[int] | None:
     """The token width of every input row of the graph's invokes, for a LanguageModel
-    (tokenized as its run would); None when rows are padded or inputs are not tokens."""
+    (tokenized as its run would); None when rows are padded, inputs are not tokens, or an
+    invoke's rows (start, stop) are not the rows its input makes, in order (a payload that
+    claims other rows than it brings could otherwise reach another job's rows)."""
     token_rows = getattr(model, "_token_rows", None)
     if token_rows is None:
         return None
     from ..model import _decode  # the model module imports the remote package lazily
 
-    widths = []
+    widths: list[int] = []
     for invoke in graph.invokes:
-        args, kwargs = _decode((invoke.args, invoke.kwargs), graph.constants)
         try:
+            args, kwargs = _decode((invoke.args, invoke.kwargs), graph.constants)
             rows = token_rows(args, kwargs)
         except Exception:  # not tokens: the run will say so; it is not merged
             return None
+        if invoke.start != len(widths) or invoke.stop != len(widths) + len(rows):
+            return None  # the rows it claims are not the rows its input makes: never merged
         for ids, mask in rows:
             if not all(mask):
                 return None
             widths.append(len(ids))
     return widths
-__all__ = ["input_widths", "merge", "merge_key", "run_batch", "split"]
+
+
+__all__ = ["batch_key", "input_widths", "merge", "merge_key", "run_batch", "split"]

@@ -20,7 +20,6 @@ from .. import __version__
 from ..ir.errors import NNsightError, WireFormatError
 from ..ir.results import loads_results
 from ..ir.wire_schema import SCHEMA_VERSION
-from ..remote.execution import check_payload
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, registry, render
 from .models import HostedModel
@@ -196,14 +195,14 @@ def create_app(store: Store, models: dict[str, HostedModel], keys: dict[str, str
             raise ApiError(413, "too_large", f"the payload has {len(body)} bytes, over {max_body}",
                            "save fewer or smaller values, or send smaller inputs")
         try:
-            await asyncio.to_thread(check_payload, body, model.site_paths, model.limits)
+            merge_key, rows = await asyncio.to_thread(model.check, body)
         except WireFormatError as error:
             raise ApiError(400, "bad_payload", str(error),
                            "send what nnsight_graph.ir.wire.dumps writes") from None
         except NNsightError as error:
             raise ApiError(422, "refused", _with_notes(error),
                            "change the trace as the message says") from None
-        job = store.add(user, name, body, names)
+        job = store.add(user, name, body, names, merge_key, rows)
         model.wake.set()
         return {"job_id": job, "status": "QUEUED", "position": store.position(job)}
 
@@ -377,7 +376,7 @@ def _public(store: Store, job: dict[str, Any]) -> dict[str, Any]:
         "job_id": job["id"], "model": job["model"], "status": job["status"],
         "position": store.position(job["id"]), "step": job["step"], "steps": job["steps"],
         "created": job["created"], "started": job["started"], "finished": job["finished"],
-        "names": json.loads(job["names"]),
+        "names": json.loads(job["names"]), "batch_jobs": job.get("batch_jobs"),
         "error": json.loads(job["error"]) if job["error"] else None,
     }
 

@@ -66,6 +66,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--replica-gpus", type=float, default=0.0,
                        help="with --ray: GPUs each replica reserves (1: one GPU per "
                        "replica; more for a model that spans GPUs with --device auto)")
+    serve.add_argument("--batch-window-ms", type=float, default=5.0,
+                       help="co-batching: how long the dispatcher may wait to merge queued "
+                       "jobs that can share one forward pass (default 5; 0 disables merging)")
+    serve.add_argument("--max-batch-rows", type=int, default=64,
+                       help="co-batching: batch rows one merged forward pass may hold")
     key = commands.add_parser("hash-key", help="print the keys-file line for a key (from stdin)")
     key.add_argument("user")
     return top
@@ -117,7 +122,9 @@ def serve(args: argparse.Namespace) -> None:
     store.recover()
     store.expire()
     hosted = {name: HostedModel(name, spec, store, limits, args.device, args.dtype,
-                                max_running_per_key=policy.max_running_per_key)
+                                max_running_per_key=policy.max_running_per_key,
+                                batch_window_s=args.batch_window_ms / 1000,
+                                max_batch_rows=args.max_batch_rows)
               for name, spec in models_of(args.model).items()}
     for model in hosted.values():
         model.start()

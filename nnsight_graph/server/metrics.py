@@ -19,9 +19,12 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST  # Prometheus' text format, version 0.0.4
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    300.0)
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
 
 class ServerCollector(Collector):
-    """Jobs by status, queue depth, worker restarts and state, and job latency, per model."""
+    """Jobs by status, queue depth, worker restarts and state, job latency and merged
+    batch sizes, per model."""
 
     def __init__(self, store: Store, models: dict[str, Any]) -> None:
         self.store, self.models = store, models
@@ -58,6 +61,17 @@ class ServerCollector(Collector):
             buckets.append(("+Inf", len(values)))
             latency.add_metric([model], buckets, sum(values))
         yield latency
+        batches = HistogramMetricFamily(
+            "nnsight_graph_batch_jobs",
+            "jobs per forward pass of the model's worker (1: a job that ran alone; more: "
+            "co-batched)", labels=["model"])
+        for name, model in self.models.items():
+            sizes = dict(getattr(model, "batch_sizes", {}))  # a copy: the dispatcher adds
+            buckets = [(str(edge), sum(n for size, n in sizes.items() if size <= edge))
+                       for edge in BATCH_BUCKETS]
+            buckets.append(("+Inf", sum(sizes.values())))
+            batches.add_metric([name], buckets, sum(size * n for size, n in sizes.items()))
+        yield batches
 
 
 def registry(store: Store, models: dict[str, Any]) -> CollectorRegistry:
@@ -71,4 +85,5 @@ def render(found: CollectorRegistry) -> bytes:
     return generate_latest(found)
 
 
-__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "ServerCollector", "registry", "render"]
+__all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "ServerCollector", "registry",
+           "render"]

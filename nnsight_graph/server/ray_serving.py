@@ -49,7 +49,7 @@ from ray.serve.exceptions import BackPressureError, RequestCancelledError
 from ..backends.guard import RunCancelled, cancellable
 from ..backends.local_blocks import serving_local_blocks
 from ..ir.limits import Limits
-from ..remote.execution import run_payload
+from ..remote.execution import check_payload, run_payload
 from . import hosting, worker
 from .app import create_app
 from .models import _tokenizer_files
@@ -286,6 +286,12 @@ class RayHostedModel:
             if found is not None and found["status"] == "RUNNING":
                 self.store.set_status(job, "ERROR", error=_error(
                     "the server shut down while the job ran; submit it again"))
+
+    def check(self, payload: bytes) -> tuple[str | None, int]:
+        """Check a submitted payload (an NNsightError says why it is refused); on Ray every
+        job runs alone (no merge key)."""
+        check_payload(payload, self.site_paths, self.limits)
+        return None, 0
 
     def cancel(self, job: str) -> None:
         for slot in self.slots:

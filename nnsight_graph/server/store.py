@@ -31,7 +31,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    arrival INTEGER NOT NULL
+    arrival INTEGER NOT NULL,
+    merge_key TEXT,
+    rows INTEGER NOT NULL DEFAULT 0,
+    batch_id TEXT,
+    batch_jobs INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (model, status, arrival);
 CREATE TABLE IF NOT EXISTS events (
@@ -60,20 +64,24 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         with self.lock, self.db:
             self.db.executescript(_SCHEMA)
+            _add_columns(self.db)
         self.listeners: list[Callable[[str], None]] = []  # called with the job of each new event
 
     # jobs ------------------------------------------------------------------------------------
 
-    def add(self, user: str, model: str, payload: bytes, names: dict[str, str]) -> str:
+    def add(self, user: str, model: str, payload: bytes, names: dict[str, str],
+            merge_key: str | None = None, rows: int = 0) -> str:
+        """Queue a job; `merge_key` and `rows` (remote.cobatch.batch_key) say with which
+        other queued jobs it may run as one forward pass, and how many batch rows it owns."""
         job = uuid.uuid4().hex
         self.payload_path(job).write_bytes(payload)
         now = time.time()
         with self.lock, self.db:  # one transaction: the job and its first two events
             arrival = self.db.execute("SELECT COALESCE(MAX(arrival), 0) + 1 FROM jobs").fetchone()[0]
             self.db.execute(
-                "INSERT INTO jobs (id, user, model, status, names, created, arrival) "
-                "VALUES (?, ?, ?, 'QUEUED', ?, ?, ?)",
-                (job, user, model, json.dumps(names), now, arrival),
+                "INSERT INTO jobs (id, user, model, status, names, created, arrival, merge_key, "
+                "rows) VALUES (?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?)",
+                (job, user, model, json.dumps(names), now, arrival, merge_key, rows),
             )
             self._add_event(job, {"type": "STATUS", "status": "RECEIVED"})
             position = self.db.execute(
@@ -129,6 +137,58 @@ class Store:
         if not users:
             return None
         return first[min(users, key=lambda u: last.get(u) or 0.0)]  # ties: earliest arrival
+
+    def mergeable(self, model: str, merge_key: str) -> list[tuple[str, str, int]]:
+        """The queued jobs of `model` that share `merge_key`, in arrival order: (id, user,
+        rows) each."""
+        with self.lock:
+            found = self.db.execute(
+                "SELECT id, user, rows FROM jobs WHERE model = ? AND status = 'QUEUED' AND "
+                "merge_key = ? ORDER BY arrival", (model, merge_key),
+            ).fetchall()
+        return [(r["id"], r["user"], int(r["rows"])) for r in found]
+
+    def running_by_user(self) -> dict[str, int]:
+        """How many jobs each key runs now (all models)."""
+        with self.lock:
+            return dict(self.db.execute(
+                "SELECT user, COUNT(*) FROM jobs WHERE status = 'RUNNING' GROUP BY user"
+            ).fetchall())
+
+    def take_many(self, jobs: list[str]) -> list[str]:
+        """`take` for the jobs of one forward pass, in one transaction: those still queued
+        become RUNNING (with their events) and, when several, one batch (its id: its first
+        job's; its size, shown in each job's status). The taken ones, in order."""
+        now = time.time()
+        with self.lock, self.db:
+            taken = [job for job in jobs if self.db.execute(
+                "UPDATE jobs SET status = 'RUNNING', started = ? WHERE id = ? AND "
+                "status = 'QUEUED'", (now, job)).rowcount]
+            if len(taken) > 1:
+                marks = ", ".join("?" * len(taken))
+                self.db.execute(
+                    f"UPDATE jobs SET batch_id = ?, batch_jobs = ? WHERE id IN ({marks})",
+                    (taken[0], len(taken), *taken))
+            for job in taken:
+                self._add_event(job, {"type": "STATUS", "status": "RUNNING", "step": None,
+                                      "steps": None})
+        for job in taken:
+            self._notify(job)
+        return taken
+
+    def finish_many(self, ends: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        """`set_status` for the jobs of one forward pass that ended, in one transaction:
+        (job, final status, error or None) each."""
+        now = time.time()
+        with self.lock, self.db:
+            for job, status, error in ends:
+                self.db.execute(
+                    "UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id = ?",
+                    (status, now, None if error is None else json.dumps(error), job))
+                self._add_event(job, {"type": "STATUS", "status": status})
+        for job, _, _ in ends:
+            self._notify(job)
+            self.payload_path(job).unlink(missing_ok=True)
 
     def seconds_used(self, user: str, since: float, now: float) -> float:
         """Wall seconds the key's jobs ran between `since` and `now` (running ones so far)."""
@@ -290,6 +350,15 @@ class Store:
             )]
         for job in old:
             self.result_path(job).unlink(missing_ok=True)
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Give a store made by an earlier version the columns co-batching added."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for column, kind in (("merge_key", "TEXT"), ("rows", "INTEGER NOT NULL DEFAULT 0"),
+                         ("batch_id", "TEXT"), ("batch_jobs", "INTEGER")):
+        if column not in have:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
 
 __all__ = ["FINAL", "Store"]

@@ -6,6 +6,11 @@ loaded, then per job `("log", job_id, text)` for the trace's print() output, `("
 job_id, n, N)` as step n (of N) of a generation begins, and `("done", job_id)` (the result
 written to result_path), `("cancelled", job_id)` (the cancel flag was set: the run stopped at
 its next node or step) or `("error", job_id, error)`.
+
+`("batch", job_ids, payload_paths, result_paths)` runs jobs that share a merge key as one
+forward pass (nnsight_graph.remote.cobatch.run_batch); the worker answers once, `("ended",
+first_job_id, job_ids, outcomes)`, with `("done", None)` or `("error", error)` per job, in
+order (`("cancelled", None)` for every job when the cancel flag stopped the run).
 """
 
 from __future__ import annotations
@@ -124,6 +129,43 @@ def load_model(spec: str, device: str, dtype: str | None) -> Any:
     return model
 
 
+def run_merged(
+    model: Any, jobs: list[str], payload_paths: list[str], result_paths: list[str],
+    limits: Any, outbox: Any, cancel: Any,
+) -> None:
+    """One "batch" message: the jobs run as one forward pass; each its own answer."""
+    from nnsight_graph.backends.guard import RunCancelled, cancellable
+    from nnsight_graph.remote.cobatch import run_batch  # loaded by main() already
+
+    payloads: list[bytes | BaseException] = []
+    for path in payload_paths:
+        try:
+            payloads.append(Path(path).read_bytes())
+        except OSError as error:
+            payloads.append(error)
+    readable = [p for p in payloads if isinstance(p, bytes)]
+    outcomes: list[tuple[str, Any]] = []
+    try:
+        with redirect_stdout(io.StringIO()), cancellable(cancel.is_set):
+            ran = iter(run_batch(model, readable, limits))
+    except RunCancelled:
+        outbox.put(("ended", jobs[0], jobs, [("cancelled", None)] * len(jobs)))
+        return
+    except Exception as error:  # not one job's fault (run_batch answers those per job)
+        outbox.put(("ended", jobs[0], jobs, [("error", describe_error(error))] * len(jobs)))
+        return
+    for payload, path in zip(payloads, result_paths, strict=True):
+        result = next(ran) if isinstance(payload, bytes) else payload
+        if not isinstance(result, BaseException):
+            try:
+                Path(path).write_bytes(result)
+            except OSError as error:
+                result = error
+        outcomes.append(("error", describe_error(result)) if isinstance(result, BaseException)
+                        else ("done", None))
+    outbox.put(("ended", jobs[0], jobs, outcomes))
+
+
 def main(
     spec: str, device: str, dtype: str | None, limits: Any, inbox: Any, outbox: Any,
     cancel: Any,
@@ -132,6 +174,7 @@ def main(
     multiprocessing.Event, set to stop the job that runs."""
     from nnsight_graph.backends.guard import RunCancelled, cancellable
     from nnsight_graph.backends.local_blocks import serving_local_blocks
+    from nnsight_graph.remote import cobatch  # noqa: F401  (loaded before any job runs)
     from nnsight_graph.remote.execution import run_payload
 
     try:
@@ -144,6 +187,12 @@ def main(
         message = inbox.get()
         if message is None:
             return
+        if message[0] == "batch":
+            _, jobs, payload_paths, result_paths = message
+            run_merged(model, jobs, payload_paths, result_paths, limits, outbox, cancel)
+            continue
+        if message[0] != "run":
+            continue  # an upload for a job that ended meanwhile
         _, job, payload_path, result_path = message
         try:
             payload = Path(payload_path).read_bytes()
@@ -169,4 +218,4 @@ def main(
         sys.stdout.flush()
 
 
-__all__ = ["describe_error", "main"]
+__all__ = ["describe_error", "main", "run_merged"]

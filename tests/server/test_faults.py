@@ -19,8 +19,8 @@ def test_a_killed_worker_costs_only_the_job_it_ran(server, tiny):
     with http_client(server) as http:  # the module's server (tests/server/conftest.py)
         http.headers["Authorization"] = "Bearer alice-secret-key"
         slow = submit(http, job_payload(tiny, slow=True)).json()["job_id"]
+        wait_for(http, slow, ("RUNNING",))  # then `after` cannot join its batch
         after = submit(http, job_payload(tiny)).json()["job_id"]
-        wait_for(http, slow, ("RUNNING",))
         before = _model(http)
         os.kill(before["worker_pid"], signal.SIGKILL)
         failed = wait_for(http, slow)

@@ -38,7 +38,8 @@ def test_one_keys_many_jobs_do_not_starve_another_keys_one(shared, tiny):
         bobs = _wait(bob, theirs)
     assert all(info["status"] == "COMPLETED" for info in [*done.values(), bobs])
     starts = sorted(info["started"] for info in done.values())
-    assert bobs["started"] < starts[1]  # after alice's first at the latest, not her fourth
+    # after alice's first at the latest, not her fourth (co-batched with hers: the same start)
+    assert bobs["started"] <= starts[1]
 
 
 def test_full_queues_answer_429_with_retry_after(shared, tiny):
