@@ -54,6 +54,7 @@ __all__ = [
     "TensorConstant",
     "TupleArg",
     "UnsetArg",
+    "build_validators",
     "json_schema",
     "session_json_schema",
 ]
@@ -264,6 +265,13 @@ class SessionModel(_Model):
     traces: list[SessionTraceModel]
 
 
+
+
+def build_validators() -> None:
+    """Build the validators now rather than at the first payload (a server calls this at
+    start, so that no job pays for it)."""
+    for model in (GraphModel, SessionModel):
+        model.model_rebuild()
 
 
 def json_schema() -> dict[str, Any]:

@@ -18,7 +18,9 @@ from typing import Any
 
 import httpx
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.proxy import get_proxy
 from websockets.sync.client import connect
+from websockets.uri import parse_uri
 
 from .. import __version__
 from ..config import CONFIG, host_url
@@ -82,6 +84,9 @@ class Client:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         self.headers = headers
+        # the proxy for this server's sockets, found once: websockets would read the whole
+        # environment on every connect (about a millisecond each)
+        self._socket_proxy = get_proxy(parse_uri(re.sub(r"^http", "ws", self.host)))
         self.http = httpx.Client(
             base_url=self.host, headers=headers, timeout=httpx.Timeout(60.0, connect=connect_timeout)
         )
@@ -182,7 +187,8 @@ class Client:
             url += "&result=inline"
         headers = {k: v for k, v in self.headers.items()}
         with connect(url, additional_headers=headers, open_timeout=10,
-                     max_size=_SOCKET_MAX_BYTES) as socket:
+                     max_size=_SOCKET_MAX_BYTES, compression=None,
+                     proxy=self._socket_proxy) as socket:
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..ir.wire_schema import build_validators
 from .policy import Policy
 
 DEFAULT_MODEL = "tiny-gpt2"
@@ -133,8 +134,10 @@ def serve(args: argparse.Namespace) -> None:
     # found before it ran: this one, so that the models drain before the process exits
     signal.signal(signal.SIGTERM, _stop_serving)
     try:
+        build_validators()
+        # no permessage-deflate: events are small, and a result sent inline is zstd already
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                    timeout_graceful_shutdown=5)
+                    timeout_graceful_shutdown=5, ws_per_message_deflate=False)
     except _Stopped:
         pass
     finally:

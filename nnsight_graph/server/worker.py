@@ -175,6 +175,7 @@ def main(
     from nnsight_graph.backends.guard import RunCancelled, cancellable
     from nnsight_graph.backends.local_blocks import serving_local_blocks
     from nnsight_graph.remote import cobatch  # noqa: F401  (loaded before any job runs)
+    from nnsight_graph.ir.wire_schema import build_validators
     from nnsight_graph.remote.execution import run_payload
 
     try:
@@ -182,6 +183,7 @@ def main(
     except Exception as error:  # the model does not load: the server says so and exits
         outbox.put(("failed", describe_error(error)))
         return
+    build_validators()  # now, not in the first job
     outbox.put(("ready",))
     while True:
         message = inbox.get()
