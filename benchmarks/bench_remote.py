@@ -1,5 +1,6 @@
-"""Remote overhead on loopback: a one-save trace on the shipped GPT-2, run locally and through
-a server this script starts (`remote=True`), and many clients at once.
+"""Remote overhead on loopback: a one-save trace on the walkthrough net and on the shipped
+GPT-2, run locally and through a server this script starts (`remote=True`), and many clients
+at once.
 
     .venv/bin/python benchmarks/bench_remote.py [--runs 30] [--clients 8] [--jobs 50]
 
@@ -23,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nnsight_graph as nnsight  # noqa: E402
 from nnsight_graph.models import tiny_gpt2_path  # noqa: E402
+from nnsight_graph.models.walkthrough import walkthrough_net  # noqa: E402
 from nnsight_graph.server.launch import local_server  # noqa: E402
 
+NET = "nnsight_graph.models.walkthrough:walkthrough_net"  # the server builds the same net
 PROMPTS = ["The Eiffel Tower is in the city of", "Buckingham Palace is in the city of",
            "The Colosseum is in the city of", "Hello", "The capital of France is",
            "One, two, three,", "Once upon a time", "The quick brown fox"]
@@ -34,6 +37,12 @@ def one_save(model: nnsight.LanguageModel, prompt: str, remote: bool) -> torch.T
     with model.trace(prompt, remote=remote):
         top = model.lm_head.output[0, -1].argmax().save()
     return top
+
+
+def net_save(net: nnsight.NNsight, x: torch.Tensor, remote: bool) -> torch.Tensor:
+    with net.trace(x, remote=remote):
+        hidden = net.layer1.output.save()
+    return hidden
 
 
 def median_s(fn, runs: int) -> float:
@@ -93,15 +102,23 @@ def main() -> None:
     nnsight.CONFIG.APP.REMOTE_LOGGING = False
     local = nnsight.LanguageModel(tiny_gpt2_path(), dispatch=True)
     expected = {p: int(one_save(local, p, False)) for p in PROMPTS}
-    with local_server() as url:
+    net = nnsight.NNsight(walkthrough_net(), remote_name="net")
+    x = torch.rand(1, 5)
+    with local_server("--model", "tiny-gpt2=tiny-gpt2", "--model", f"net={NET}") as url:
         nnsight.CONFIG.API.HOST = url
         served = nnsight.LanguageModel("tiny-gpt2")  # config and tokenizer from the server
-        here = median_s(lambda: one_save(local, PROMPTS[0], False), args.runs)
-        there = median_s(lambda: one_save(served, PROMPTS[0], True), args.runs)
         print(f"command: {' '.join(sys.argv)}")
-        print(f"one-save trace, shipped GPT-2: local {1000 * here:.2f} ms, remote "
-              f"{1000 * there:.2f} ms, overhead {1000 * (there - here):.2f} ms per job "
-              f"(target < 10 ms)")
+        for name, fn in (("walkthrough net", lambda remote: net_save(net, x, remote)),
+                         ("shipped GPT-2", None)):
+            if fn is None:
+                here = median_s(lambda: one_save(local, PROMPTS[0], False), args.runs)
+                there = median_s(lambda: one_save(served, PROMPTS[0], True), args.runs)
+            else:
+                here = median_s(lambda: fn(False), args.runs)
+                there = median_s(lambda: fn(True), args.runs)
+            print(f"one-save trace, {name}: local {1000 * here:.2f} ms, remote "
+                  f"{1000 * there:.2f} ms, overhead {1000 * (there - here):.2f} ms per job "
+                  f"(target < 10 ms)")
         figures = load(served, expected, args.clients, args.jobs, args.limit_s)
         print(f"{args.clients} clients x {args.jobs} jobs: {figures['jobs']}/{figures['asked']} "
               f"done, {figures['wrong']} wrong, {figures['jobs_per_s']:.1f} jobs/s, p50 "
