@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
 
 _FACTORY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
@@ -52,6 +54,39 @@ def config_of(shape: Any) -> dict[str, Any]:
     return shape.config.to_dict() if isinstance(shape, LanguageModel) else {}
 
 
+class Described(NamedTuple):
+    """What the server process knows of a hosted model without its weights: the meta-device
+    model payloads are checked against, its module paths, its config and tokenizer files."""
+
+    shape: Any
+    site_paths: frozenset[str]
+    config: dict[str, Any]
+    tokenizer_files: dict[str, str]
+
+
+def describe(spec: str) -> Described:
+    """The description of the model `spec` names (the server's view; weights load in the
+    worker or replica)."""
+    shape = shape_of(spec)
+    config = config_of(shape)
+    tokenizer = getattr(shape, "tokenizer", None) if config else None
+    files = tokenizer_files(tokenizer) if tokenizer is not None else {}
+    return Described(shape, frozenset(shape._site_paths()), config, files)
+
+
+def tokenizer_files(tokenizer: Any) -> dict[str, str]:
+    """The text files `AutoTokenizer.from_pretrained` needs to rebuild `tokenizer`."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        files = {}
+        for path in sorted(Path(folder).iterdir()):
+            try:
+                files[path.name] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue  # a binary file (sentencepiece model): not served as text
+        return files
+
+
 def load_factory_model(spec: str, device: str, dtype: str | None) -> Any:
     """The worker's model for a factory spec: the module, on `device` in `dtype`, wrapped."""
     import torch
@@ -66,4 +101,5 @@ def load_factory_model(spec: str, device: str, dtype: str | None) -> Any:
     return NNsight(module)
 
 
-__all__ = ["build_module", "config_of", "is_factory", "load_factory_model", "shape_of"]
+__all__ = ["Described", "build_module", "config_of", "describe", "is_factory",
+           "load_factory_model", "shape_of", "tokenizer_files"]

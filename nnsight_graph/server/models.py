@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import multiprocessing
 import queue
-import tempfile
 import threading
 import time
 import weakref
@@ -53,11 +52,8 @@ class HostedModel:
         self.batch_window_s, self.max_batch_rows = batch_window_s, max_batch_rows
         self.batch_sizes: Counter[int] = Counter()  # jobs per forward pass -> passes
         self.last_batch = 1
-        self.shape = hosting.shape_of(spec)  # meta tensors: module paths, config, tokenizer
-        self.site_paths = frozenset(self.shape._site_paths())
-        self.config = hosting.config_of(self.shape)
-        tokenizer = getattr(self.shape, "tokenizer", None) if self.config else None
-        self.tokenizer_files = _tokenizer_files(tokenizer) if tokenizer is not None else {}
+        # meta tensors: module paths, config, tokenizer
+        self.shape, self.site_paths, self.config, self.tokenizer_files = hosting.describe(spec)
         self.state = "loading"
         self.error: dict[str, Any] | None = None
         self.running: list[str] = []  # the jobs the worker runs (several: one merged batch)
@@ -334,19 +330,6 @@ _FINAL_OF = {"done": "COMPLETED", "error": "ERROR", "cancelled": "CANCELLED"}
 
 def _error(message: str, name: str = "RuntimeError") -> dict[str, Any]:
     return {"type": name, "module": "builtins", "message": message, "notes": []}
-
-
-def _tokenizer_files(tokenizer: Any) -> dict[str, str]:
-    """The text files `AutoTokenizer.from_pretrained` needs to rebuild `tokenizer`."""
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer.save_pretrained(folder)
-        files = {}
-        for path in sorted(Path(folder).iterdir()):
-            try:
-                files[path.name] = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                continue  # a binary file (sentencepiece model): not served as text
-        return files
 
 
 __all__ = ["HostedModel"]

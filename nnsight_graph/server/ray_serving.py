@@ -52,7 +52,6 @@ from ..ir.limits import Limits
 from ..remote.execution import check_payload, run_payload
 from . import hosting, worker
 from .app import create_app
-from .models import _tokenizer_files
 from .policy import Policy
 from .store import Store
 
@@ -245,11 +244,7 @@ class RayHostedModel:
         self.name, self.spec, self.store, self.limits = name, spec, store, limits
         self.handle, self.mailbox, self.cancel_grace_s = handle, mailbox, cancel_grace_s
         self.max_running_per_key = max_running_per_key
-        self.shape = hosting.shape_of(spec)
-        self.site_paths = frozenset(self.shape._site_paths())
-        self.config = hosting.config_of(self.shape)
-        tokenizer = getattr(self.shape, "tokenizer", None) if self.config else None
-        self.tokenizer_files = _tokenizer_files(tokenizer) if tokenizer is not None else {}
+        self.shape, self.site_paths, self.config, self.tokenizer_files = hosting.describe(spec)
         self.state = "loading"
         self.error: dict[str, Any] | None = None
         self.wake = threading.Event()

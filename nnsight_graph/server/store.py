@@ -12,8 +12,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 FINAL = ("COMPLETED", "ERROR", "CANCELLED")
@@ -84,11 +84,8 @@ class Store:
                 (job, user, model, json.dumps(names), now, arrival, merge_key, rows),
             )
             self._add_event(job, {"type": "STATUS", "status": "RECEIVED"})
-            position = self.db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE model = ? AND "
-                "(status = 'RUNNING' OR (status = 'QUEUED' AND arrival < ?))", (model, arrival),
-            ).fetchone()[0]
-            self._add_event(job, {"type": "STATUS", "status": "QUEUED", "position": position})
+            self._add_event(job, {"type": "STATUS", "status": "QUEUED",
+                                  "position": self._ahead(model, arrival)})
         self._notify(job)
         return job
 
@@ -105,11 +102,14 @@ class Store:
             ).fetchone()
             if row is None or row["status"] != "QUEUED":
                 return None
-            return int(self.db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE model = ? AND "
-                "(status = 'RUNNING' OR (status = 'QUEUED' AND arrival < ?))",
-                (row["model"], row["arrival"]),
-            ).fetchone()[0])
+            return self._ahead(row["model"], row["arrival"])
+
+    def _ahead(self, model: str, arrival: int) -> int:
+        """How many jobs of `model` run or arrived before `arrival` (the lock held)."""
+        return int(self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE model = ? AND "
+            "(status = 'RUNNING' OR (status = 'QUEUED' AND arrival < ?))", (model, arrival),
+        ).fetchone()[0])
 
     def next_queued(self, model: str, max_running_per_key: int | None = None) -> str | None:
         """The job `model` runs next: round-robin across keys (the key whose last job for

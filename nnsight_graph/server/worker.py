@@ -174,8 +174,8 @@ def main(
     multiprocessing.Event, set to stop the job that runs."""
     from nnsight_graph.backends.guard import RunCancelled, cancellable
     from nnsight_graph.backends.local_blocks import serving_local_blocks
-    from nnsight_graph.remote import cobatch  # noqa: F401  (loaded before any job runs)
     from nnsight_graph.ir.wire_schema import build_validators
+    from nnsight_graph.remote import cobatch  # noqa: F401  (loaded before any job runs)
     from nnsight_graph.remote.execution import run_payload
 
     try:
