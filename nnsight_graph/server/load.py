@@ -12,6 +12,7 @@ counted as wrong). Every loop is bounded: `jobs_per_client` jobs each, and `limi
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable
@@ -134,20 +135,25 @@ def run_load(
 
 def _one(http: Client, index: int, payload: bytes, expected: torch.Tensor, model: str,
          ends: float, atol: float) -> Outcome:
+    """One job as `remote=True` runs it: submit, follow its events with the result inline
+    (one GET of the job only when it did not complete, for its error)."""
     start = time.perf_counter()
     job = ""
     try:
         job = str(http.submit(payload, model)["job_id"])
-        for _ in http.follow(job, timeout=max(ends - time.monotonic(), 1.0)):
-            pass
-        info = http.job(job)
+        final: dict[str, Any] = {}
+        for event in http.follow(job, timeout=max(ends - time.monotonic(), 1.0), inline=True):
+            final = event
+        inline = final.pop("result", None)
+        info = final if final.get("status") == "COMPLETED" else http.job(job)
         correct = False
         if info["status"] == "COMPLETED":
-            (value,) = loads_results(http.result(job)).values()
+            data = base64.b64decode(inline) if inline is not None else http.result(job)
+            (value,) = loads_results(data).values()
             correct = value.shape == expected.shape and bool(
                 torch.allclose(value, expected, atol=atol))
         return Outcome(index, job, str(info["status"]), time.perf_counter() - start, correct,
-                       info)
+                       {"batch_jobs": None, **info})
     except (RemoteError, TimeoutError) as error:
         return Outcome(index, job, "FAILED", time.perf_counter() - start, False,
                        {"error": str(error)})

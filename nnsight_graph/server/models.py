@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -137,6 +138,7 @@ class HostedModel:
     def _start_worker(self) -> bool:
         self.inbox, self.outbox = self.context.Queue(), self.context.Queue()
         self.cancel_flag = self.context.Event()
+        os.environ.update(worker.worker_env())  # a spawned worker starts with this environment
         self.process = self.context.Process(
             target=worker.main, name=f"nnsight-graph-worker-{self.name}", daemon=True,
             args=(self.spec, self.device, self.dtype, self.limits, self.inbox, self.outbox,

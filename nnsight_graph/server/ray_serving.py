@@ -549,7 +549,8 @@ def application(settings: ServerSettings) -> Any:
             max_ongoing_requests=1,
             max_queued_requests=options.max_queued_requests or 2 * options.replicas,
             health_check_period_s=options.health_check_period_s,
-            ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+            ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus,
+                               "runtime_env": {"env_vars": worker.worker_env()}},
         )(ModelReplica)
         handles[name] = deployment.bind(spec, settings.device, settings.dtype, settings.limits,
                                         options.cancel_grace_s)

@@ -178,14 +178,20 @@ class Store:
 
     def finish_many(self, ends: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         """`set_status` for the jobs of one forward pass that ended, in one transaction:
-        (job, final status, error or None) each."""
+        (job, final status, error or None) each. The final event of a job that ran merged
+        with others says how many jobs the pass ran (`batch_jobs`)."""
         now = time.time()
         with self.lock, self.db:
             for job, status, error in ends:
                 self.db.execute(
                     "UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id = ?",
                     (status, now, None if error is None else json.dumps(error), job))
-                self._add_event(job, {"type": "STATUS", "status": status})
+                event: dict[str, Any] = {"type": "STATUS", "status": status}
+                merged = self.db.execute(
+                    "SELECT batch_jobs FROM jobs WHERE id = ?", (job,)).fetchone()
+                if merged is not None and merged["batch_jobs"]:
+                    event["batch_jobs"] = merged["batch_jobs"]  # the jobs of its forward pass
+                self._add_event(job, event)
         for job, _, _ in ends:
             self._notify(job)
             self.payload_path(job).unlink(missing_ok=True)

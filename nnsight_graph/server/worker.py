@@ -16,6 +16,7 @@ order (`("cancelled", None)` for every job when the cancel flag stopped the run)
 from __future__ import annotations
 
 import io
+import os
 import queue
 import sys
 from contextlib import redirect_stdout
@@ -25,6 +26,18 @@ from typing import Any
 LOG_CAP = 64 << 10  # characters of print() output a job may send
 LOCAL_CAP = 32 << 20  # bytes of values a job may stream to one nnsight.local() block
 LOCAL_WAIT_S = 120.0  # how long a job waits for the values a local() block makes
+
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""Set for worker processes unless the server's environment sets them already. OpenMP's
+threads spin between torch ops by default: on a machine whose cores the worker shares (the
+server's own process, other workers, clients), the spinning took 14.9 ms of CPU per job
+against 3.8 ms with PASSIVE (16 clients, co-batched GPT-2 one-save jobs), and starved the
+processes that had work."""
+
+
+def worker_env() -> dict[str, str]:
+    """WORKER_ENV without what the environment sets already (the operator's choice wins)."""
+    return {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
 
 
 def local_handler(job: str, inbox: Any, outbox: Any, cancel: Any, limits: Any) -> Any:

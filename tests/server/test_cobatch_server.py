@@ -111,6 +111,8 @@ def test_merged_jobs_of_two_keys_get_what_each_gets_alone(users, tiny):
         info = wait_for(owners[name], job)
         assert info["status"] == "COMPLETED", info
         assert info["batch_jobs"] == 3  # one forward pass for the three
+        final = owners[name].get(f"/v1/jobs/{job}/events").json()["events"][-1]
+        assert final["status"] == "COMPLETED" and final["batch_jobs"] == 3  # its event says so
         _same(_result(owners[name], job), _alone(tiny, graphs[name]))
     # bob's zeros stayed in bob's row: his layer 2 is what zeros give, alice's is not
     a_h2, b_h2 = (_result(owners[n], jobs[n])[min(_alone(tiny, graphs[n]))] for n in "ab")
@@ -163,6 +165,7 @@ def test_a_payload_that_claims_rows_it_does_not_bring_is_never_merged(users, tin
         info = wait_for(bob, answer.json()["job_id"])
         assert info["batch_jobs"] is None  # it ran alone: there was no row of another job
         assert wait_for(alice, victim)["batch_jobs"] is None
+        assert "batch_jobs" not in alice.get(f"/v1/jobs/{victim}/events").json()["events"][-1]
 
 
 def _unmergeable(tiny) -> dict:
