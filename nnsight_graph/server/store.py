@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     batch_jobs INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (model, status, arrival);
+CREATE INDEX IF NOT EXISTS jobs_arrival ON jobs (arrival);
+CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user, status);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, user);
+CREATE INDEX IF NOT EXISTS jobs_turns ON jobs (model, user, started);
+CREATE INDEX IF NOT EXISTS jobs_user_finished ON jobs (user, finished);
 CREATE TABLE IF NOT EXISTS events (
     job TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -106,10 +111,14 @@ class Store:
 
     def _ahead(self, model: str, arrival: int) -> int:
         """How many jobs of `model` run or arrived before `arrival` (the lock held)."""
-        return int(self.db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE model = ? AND "
-            "(status = 'RUNNING' OR (status = 'QUEUED' AND arrival < ?))", (model, arrival),
-        ).fetchone()[0])
+        running = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE model = ? AND status = 'RUNNING'", (model,)
+        ).fetchone()[0]
+        queued = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE model = ? AND status = 'QUEUED' AND arrival < ?",
+            (model, arrival),
+        ).fetchone()[0]
+        return int(running) + int(queued)
 
     def next_queued(self, model: str, max_running_per_key: int | None = None) -> str | None:
         """The job `model` runs next: round-robin across keys (the key whose last job for
@@ -122,16 +131,15 @@ class Store:
             ).fetchall()
             if not queued:
                 return None
-            last = dict(self.db.execute(
-                "SELECT user, MAX(started) FROM jobs WHERE model = ? AND started IS NOT NULL "
-                "GROUP BY user", (model,),
-            ).fetchall())
+            first: dict[str, str] = {}
+            for row in queued:
+                first.setdefault(row["user"], row["id"])
+            last = {user: self.db.execute(  # one index lookup per waiting key
+                "SELECT MAX(started) FROM jobs WHERE model = ? AND user = ?", (model, user),
+            ).fetchone()[0] for user in first}
             running = dict(self.db.execute(
                 "SELECT user, COUNT(*) FROM jobs WHERE status = 'RUNNING' GROUP BY user"
             ).fetchall())
-        first: dict[str, str] = {}
-        for row in queued:
-            first.setdefault(row["user"], row["id"])
         users = [u for u in first
                  if max_running_per_key is None or running.get(u, 0) < max_running_per_key]
         if not users:
@@ -200,8 +208,10 @@ class Store:
         """Wall seconds the key's jobs ran between `since` and `now` (running ones so far)."""
         with self.lock:
             rows = self.db.execute(
-                "SELECT started, finished FROM jobs WHERE user = ? AND started IS NOT NULL "
-                "AND (finished IS NULL OR finished > ?)", (user, since),
+                "SELECT started, finished FROM jobs WHERE user = ? AND finished > ? "
+                "AND started IS NOT NULL UNION ALL "
+                "SELECT started, finished FROM jobs WHERE user = ? AND status = 'RUNNING'",
+                (user, since, user),
             ).fetchall()
         return sum(max(min(r["finished"] or now, now) - max(r["started"], since), 0.0)
                    for r in rows)
@@ -292,7 +302,8 @@ class Store:
     def counts(self, user: str) -> dict[str, int]:
         with self.lock:
             rows = self.db.execute(
-                "SELECT status, COUNT(*) AS n FROM jobs WHERE user = ? GROUP BY status", (user,)
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE user = ? AND "
+                "status IN ('QUEUED', 'RUNNING') GROUP BY status", (user,)
             ).fetchall()
         by = {r["status"]: r["n"] for r in rows}
         return {"jobs_queued": by.get("QUEUED", 0), "jobs_running": by.get("RUNNING", 0)}
