@@ -113,41 +113,8 @@ def test_verify_refuses_a_local_node_whose_inputs_do_not_match_its_arguments(llm
 
 
 # declared shapes: what the blocks send back is declared at record time (a shape pass on fake
-# values) and checked on both sides before the run uses it
-
-@pytest.fixture
-def declared(monkeypatch):
-    """The declarations of the LOCAL nodes of each remote trace recorded, in order."""
-    import nnsight_graph.tracer as tracer_module
-
-    seen: list[list[dict]] = []
-    real = tracer_module.declare
-
-    def spy(*args):
-        graph = real(*args)
-        seen.append([e for n in graph.nodes if n.op.value == "local"
-                     for e in n.kwargs.get("declared", [])])
-        return graph
-
-    monkeypatch.setattr(tracer_module, "declare", spy)
-    return seen
-
-
-@pytest.fixture
-def passes(monkeypatch):
-    """How many times the shape pass ran."""
-    from nnsight_graph import local_shapes
-
-    count = [0]
-    real = local_shapes._run_pass
-
-    def counted(*args):
-        count[0] += 1
-        return real(*args)
-
-    monkeypatch.setattr(local_shapes, "_run_pass", counted)
-    return count
-
+# values) and checked on both sides before the run uses it (fixtures `declared` and `passes`
+# in tests/conftest.py)
 
 def test_a_block_value_is_declared_by_its_shape_and_a_number_by_its_type(llm, declared, passes,
                                                                           capsys):
