@@ -81,13 +81,14 @@ def _run_pass(
             values[id] = env[id]
         return values
 
-    kept = [n for n in graph.nodes if n.op not in _EFFECTS]
-    scan = replace(graph.with_nodes(kept), method="scan")
+    merged = model._for_server(graph)  # the model's edits first, as the server runs them
+    kept = [n for n in merged.nodes if n.op not in _EFFECTS]
+    scan = replace(merged.with_nodes(kept), method="scan")
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
             warnings.catch_warnings(), serving_local_blocks(handle):
         warnings.simplefilter("ignore")
-        model._execute(model._for_server(scan), total_rows, _PLAN_KEY, edits=False)
+        model._execute(scan, total_rows, _PLAN_KEY, edits=False)
 
 
 def _run_block(block: LocalBlock, downloads: dict[int, Any], outputs: list[int]) -> dict[int, Any]:
