@@ -4,7 +4,7 @@ and the check `verify` runs on its payload. Everything keyed by op reads this ta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .node import Const, Ref
@@ -119,7 +119,7 @@ def _local_problem(node: Node) -> str:
     kwargs = node.kwargs
     inputs, outputs = kwargs.get("inputs") or (), kwargs.get("outputs")
     if (
-        set(kwargs) != {"block", "inputs", "outputs"}
+        not {"block", "inputs", "outputs"} <= set(kwargs) <= _LOCAL_KEYWORDS
         or type(kwargs["block"]) is not int
         or not _ints(inputs)
         or not _ints(outputs)
@@ -130,7 +130,59 @@ def _local_problem(node: Node) -> str:
             "must have block= an int, inputs= the ids of its arguments (each a node's value) "
             "and outputs= a list of node ids"
         )
+    if "declared" in kwargs:
+        return _declared_problem(kwargs["declared"], kwargs["outputs"])
     return ""
+
+
+_LOCAL_KEYWORDS: Final = frozenset({"block", "inputs", "outputs", "declared"})
+# what a LOCAL node's declaration may name (backends.local_blocks.mismatch checks values
+# against it): torch's non-floating dtypes by name, "floating" for any floating one
+DECLARED_DTYPES: Final = frozenset(
+    {"floating", "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32",
+     "int64", "complex32", "complex64", "complex128"}
+)
+DECLARED_TYPES: Final = frozenset({"bool", "int", "float", "complex", "str", "NoneType"})
+_MAX_DIMS: Final = 64  # torch's own limit on a tensor's dimensions
+_MAX_SIZE: Final = 2**63 - 1
+
+
+def _declared_problem(declared: object, outputs: Sequence[int]) -> str:
+    """Why a LOCAL node's declared= is not one entry per output id, in order, each a
+    tensor (shape, dtype), a builtin value (its type) or unknown ("" when it is)."""
+    if not isinstance(declared, list) or len(declared) != len(outputs):
+        return "has declared= that is not a list of one entry per id in outputs="
+    for entry, id in zip(declared, outputs, strict=True):
+        if not _declared_entry(entry, id):
+            return (
+                f"has declared= entry {entry!r} for node %{id}, which is not "
+                '{"id": ID, "kind": "tensor", "shape": [SIZES], "dtype": NAME}, '
+                '{"id": ID, "kind": "value", "type": NAME} or {"id": ID, "kind": "unknown"}'
+            )
+    return ""
+
+
+def _declared_entry(entry: object, id: int) -> bool:
+    if not isinstance(entry, dict) or entry.get("id") != id or type(entry["id"]) is not int:
+        return False
+    kind = entry.get("kind")
+    if kind == "unknown":
+        return set(entry) == {"id", "kind"}
+    if kind == "value":
+        name = entry.get("type")
+        return (
+            set(entry) == {"id", "kind", "type"} and type(name) is str and name in DECLARED_TYPES
+        )
+    shape = entry.get("shape")
+    return (
+        kind == "tensor"
+        and set(entry) == {"id", "kind", "shape", "dtype"}
+        and isinstance(shape, list)
+        and len(shape) <= _MAX_DIMS
+        and all(type(size) is int and 0 <= size <= _MAX_SIZE for size in shape)
+        and type(entry["dtype"]) is str
+        and entry["dtype"] in DECLARED_DTYPES
+    )
 
 
 def _ints(value: object) -> bool:
@@ -259,6 +311,8 @@ def names_its_backward(node: Node, ref: Ref) -> bool:
 
 
 __all__ = [
+    "DECLARED_DTYPES",
+    "DECLARED_TYPES",
     "EFFECTFUL",
     "GRADIENTS",
     "HOOKED",

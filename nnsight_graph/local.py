@@ -20,8 +20,9 @@ from types import TracebackType
 from typing import Any
 
 from .backends.apply import apply
+from .backends.local_blocks import mismatch
 from .backends.values import arg_value
-from .ir import Graph, GraphBuildError, NNsightError, Node, Op, Ref, mutates, ref
+from .ir import Graph, GraphBuildError, NNsightError, Node, Op, Ref, SourceLoc, mutates, ref
 from .ir.errors import add_note
 from .proxy import _set_id
 from .recorder import Recorder, _proxies_in, active
@@ -39,7 +40,10 @@ class LocalBlock:
     nodes: list[Node]
     constants: list[Any]
     local: int  # the LOCAL node's id
+    loc: SourceLoc | None = None  # the LOCAL node's: where the user's block is
     outputs: dict[int, int] = field(default_factory=dict)  # GETITEM node id -> block node id
+    # block node id -> what the shape pass declared it is (nnsight_graph.local_shapes)
+    declared: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def run(self, downloads: dict[int, Any], saved: dict[int, Any]) -> dict[int, Any]:
         """Run the block's nodes on the values the server sent (by node id); every value
@@ -58,6 +62,20 @@ class LocalBlock:
                 add_note(error, f"  in the nnsight.local() block{where}: {node}")
                 raise
         return env
+
+    def refusal(self, id: int, problem: str) -> str:
+        """Why the client does not send block value `id`, which is not what was declared."""
+        made = next((n for n in self.nodes if n.id == id), None)
+        by = f" (made at {made.loc}: {made.loc.text.strip()})" if made and made.loc else ""
+        where = f" at {self.loc}" if self.loc else ""
+        return (
+            f"the nnsight.local() block{where} returned for %{id}{by} {problem} (the shape "
+            "pass ran the trace on fake values of the same inputs before it was sent), so it "
+            "was not sent and the run stops. Make the value depend only on the values "
+            "the block reads, not on other state of this process; if the server hosts another "
+            "model than this client's, load this one with LanguageModel(NAME) of the name it "
+            "hosts"
+        )
 
 
 class LocalBlocks:
@@ -78,7 +96,13 @@ class LocalBlocks:
                 f"the server ran nnsight.local() block {block}, which this trace has not"
             )
         env = found.run(downloads, self.saved)
-        return {id: env[id] for id in outputs}
+        values = {id: env[id] for id in outputs}
+        for id, value in values.items():
+            entry = found.declared.get(id)
+            problem = mismatch(entry, value) if entry is not None else ""
+            if problem:
+                raise NNsightError(found.refusal(id, problem))
+        return values
 
     def bind(self, saved: dict[int, Any]) -> dict[int, Any]:
         """The run's saved values with what the blocks saved (also under the ids of the
@@ -157,7 +181,7 @@ def _split(recorder: Recorder, start: int, held: list[Any]) -> None:
         tuple(ref(i) for i in inputs),
         {"block": index, "inputs": inputs, "outputs": []},
     )
-    block = LocalBlock(index, block_nodes, recorder.constants, local)
+    block = LocalBlock(index, block_nodes, recorder.constants, local, recorder.nodes[local].loc)
     for proxy in {id(p): p for value in held for p in _proxies_in(value)}.values():
         made = proxy._nn_id
         if proxy._nn_recorder is recorder and made is not None and made in block_ids:

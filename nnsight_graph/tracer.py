@@ -11,9 +11,10 @@ from . import capture, conditions, frames, saving, session, transform
 from .cache import CacheView, cache_kinds, cache_options, cache_paths, new_cache
 from .config import CONFIG, host_url
 from .extras import Barrier
-from .local import LocalContext, shipped
 from .ir import Graph, GraphBuildError, InvokeError, NNsightError, Op
 from .ir.session import resolve as resolve_trace_refs
+from .local import LocalContext, shipped
+from .local_shapes import declare
 from .proxy import Proxy
 from .recorder import _STATE, Recorder, active, recording, user_location
 from .steps import IterIndexer, StepRange, is_steps
@@ -344,6 +345,7 @@ class Tracer(capture.CapturedBlock):
             saved = {}
         elif graph.invokes and self.remote == "local":
             sent, blocks = shipped(graph, recorder)
+            sent = declare(self.model, sent, blocks, recorder.total_rows)
             saved = blocks.bind(
                 self.model._execute_remote_local(sent, recorder.total_rows, blocks))
         elif graph.invokes and self.remote is not None:
@@ -356,6 +358,7 @@ class Tracer(capture.CapturedBlock):
                     "so it cannot be left running: leave out blocking=False, or move the "
                     "block's work after the trace (save the values it reads)"
                 )
+            sent = declare(self.model, sent, blocks, recorder.total_rows)
             names = _saved_names(captured.stored, variables, recorder)
             self.job, saved = run_graph(self.model, sent, self.remote, names, self.blocking,
                                         blocks)

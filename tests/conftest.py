@@ -2,6 +2,7 @@
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
 import torch
@@ -60,3 +61,38 @@ def net() -> torch.nn.Sequential:
 @pytest.fixture
 def model(net: torch.nn.Sequential) -> nnsight.NNsight:
     return nnsight.NNsight(net)
+
+
+@pytest.fixture
+def declared(monkeypatch: pytest.MonkeyPatch) -> list[list[dict]]:
+    """The declarations (nnsight_graph.local_shapes) of the LOCAL nodes of each trace that runs
+    elsewhere, one list per trace, in order."""
+    import nnsight_graph.tracer as tracer_module
+
+    seen: list[list[dict]] = []
+    real = tracer_module.declare
+
+    def spy(*args: Any) -> Any:
+        graph = real(*args)
+        seen.append([e for n in graph.nodes if n.op.value == "local"
+                     for e in n.kwargs.get("declared", [])])
+        return graph
+
+    monkeypatch.setattr(tracer_module, "declare", spy)
+    return seen
+
+
+@pytest.fixture
+def passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """`passes[0]`: how many times the nnsight.local() shape pass ran."""
+    from nnsight_graph import local_shapes
+
+    count = [0]
+    real = local_shapes._run_pass
+
+    def counted(*args: Any) -> Any:
+        count[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(local_shapes, "_run_pass", counted)
+    return count

@@ -273,6 +273,64 @@ def test_a_local_block_runs_here_on_the_servers_values(alice, tiny, capsys):
     assert "LOCAL" in kinds
 
 
+def test_block_values_are_declared_on_a_model_built_from_the_servers_config(
+    alice, tiny, tmp_path, monkeypatch, declared, passes
+):
+    """The shape pass runs on the client's model without weights (config from the server)."""
+    monkeypatch.setenv("NNSIGHT_GRAPH_CACHE", str(tmp_path))
+    served = nnsight.LanguageModel("tiny-gpt2")
+    with tiny.trace(PROMPT):
+        hidden = tiny.transformer.h[1].output
+        tiny.transformer.h[1].output[:] = hidden * 2 + 1
+        expected = tiny.lm_head.output[0, -1, : hidden.shape[-1] // 2].save()
+    with served.trace(PROMPT, remote=True):
+        hidden = served.transformer.h[1].output
+        with nnsight.local():
+            doubled = hidden * 2 + 1
+            half = hidden.shape[-1] // 2
+        served.transformer.h[1].output[:] = doubled
+        logits = served.lm_head.output[0, -1, :half].save()
+    assert not served.dispatched  # the pass needed no weights here
+    assert passes[0] == 1
+    assert [{k: v for k, v in e.items() if k != "id"} for e in declared[0]] == [
+        {"kind": "tensor", "shape": [1, 8, 128], "dtype": "floating"},
+        {"kind": "value", "type": "int"},
+    ]
+    assert torch.allclose(logits, expected, atol=1e-5) and logits.shape == (64,)
+
+
+def test_the_server_refuses_block_values_that_are_not_what_was_declared(
+    alice, tiny, monkeypatch, capsys
+):
+    """A client that skips its own check and POSTs a value of another shape: the job ends
+    ERROR with what was declared and what came, and no later node runs on it."""
+    from nnsight_graph.local import LocalBlocks
+
+    def lying(self, block, downloads, outputs):
+        return {id: torch.zeros(2, 3) for id in outputs}
+
+    monkeypatch.setattr(LocalBlocks, "handle", lying)
+    with pytest.raises(nnsight.ExecutionError) as caught:
+        with tiny.trace(PROMPT, remote=True):
+            hidden = tiny.transformer.h[1].output
+            with nnsight.local():
+                doubled = hidden * 2
+            tiny.transformer.h[1].output[:] = doubled
+            print("after the block", tiny.transformer.h[2].output.shape)
+            tiny.lm_head.output.save()
+    message = str(caught.value)
+    assert "test_remote_traces.py:" in message
+    assert "a tensor of shape [2, 3] and dtype float32" in message
+    assert "declared a tensor of shape [1, 8, 128] and dtype floating" in message
+    assert "stopped before any node used it" in message
+    assert "after the block" not in capsys.readouterr().out
+    (job_id,) = [n.rsplit(" ", 1)[-1].rstrip(")") for n in caught.value.__notes__
+                 if "in job" in n]
+    assert Client.shared().job(job_id)["status"] == "ERROR"
+    kinds = [e["type"] for e in Client.shared().events(job_id)]
+    assert "LOCAL" in kinds and "LOG" not in kinds
+
+
 def test_a_local_block_cannot_be_left_running(alice, tiny):
     with pytest.raises(nnsight.NNsightError, match="blocking=False"):
         with tiny.trace(PROMPT, remote=True, blocking=False):
