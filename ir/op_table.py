@@ -194,6 +194,12 @@ OPS: Final[Mapping[Op, OpSpec]] = {
     ),
     # a module may keep state (running statistics) or change its input
     Op.CALL_MODULE: OpSpec("module", (0, None), "any", True, True, False, True, _BOX),
+    # the `if` merge: a variable after `if proxy:` (nnsight_graph.conditions)
+    Op.SELECT: OpSpec(
+        "none", (3, 3), "any", False, False, False, True,
+        {"shape": "diamond", "style": "filled"}, None,
+        "must have three arguments: the condition, the value if it holds, the value if not",
+    ),
     # the client runs its block (prints, plots) even when nothing uses its value
     Op.LOCAL: OpSpec("name", (0, None), "any", True, True, False, True, _BOX, _local_problem),
 }  # fmt: skip
