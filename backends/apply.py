@@ -15,7 +15,7 @@ else:  # torch depends on typing_extensions
 
 from ..ir import Node, Op
 from ..ir.errors import ExecutionError
-from ..ir.functions import resolve
+from ..ir.functions import resolve, select
 from .local_blocks import run_local
 
 
@@ -35,6 +35,8 @@ def apply(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], saved: dict
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         case Op.CALL:
             return resolve(node.target)(*args, **kwargs)
+        case Op.SELECT:
+            return select(args[0], args[1], args[2])
         case Op.SAVE:
             saved[node.args[0].id] = args[0]
             return None

@@ -13,14 +13,13 @@ from typing import Any
 
 import torch
 
-from ..ir import GRADIENTS, HOOKED, READS, SITED, Const, Graph, Node, Op, Ref, mutates, ref
+from ..ir import GRADIENTS, HOOKED, READS, Const, Graph, Node, Op, Ref, mutates, ref
 from ..ir.errors import (
     ExecutionError,
     ModuleNotCalledError,
     StepsSkippedWarning,
 )
 from ..ir.functions import SKIPPED
-from ..ir.sites import site_of
 from .apply import apply
 from .batching import merge, narrow
 from .control import SkipCall, StopRun, skipped_modules
@@ -254,7 +253,7 @@ class Run(GradientSteps):
                         f"the gradient requested at {node.loc} was never computed: the loss "
                         "does not depend on that value, or the backward pass never reached it"
                     )
-                if waiting is None and node.op in SITED and site_of(node.target).in_source:
+                if waiting is None and node.site is not None and node.site.in_source:
                     raise ModuleNotCalledError(
                         f"{describe(node)} requested at {node.loc} was never reached: "
                         "that call site is in a branch the forward did not take this time (print "
@@ -317,7 +316,7 @@ class Run(GradientSteps):
                 return
             new = self.value(node.args[-1])
             if kind == "skip":
-                path = site_of(node.target).path
+                path = node.site.path  # type: ignore[union-attr]  # a skip is sited
                 skip = self.skip_calls.get(path)
                 if skip is None:
                     skip = self.skip_calls[path] = SkipCall(self.total)

@@ -6,17 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..ir import GRADIENTS, HOOKED, Const, Graph, Node, Op, Ref
-from ..ir.sites import GRAD, RESULT, site_of
+from ..ir import GRADIENTS, Const, Graph, Node, Op, Ref
+from ..ir.sites import GRAD, RESULT
 from .caching import CacheSpec
 
 Site = tuple[str, str]  # (module path, hook kind): ("layer1", "output"), ("", "result")
-
-
-def parse_target(target: str) -> tuple[Site, str]:
-    """Split "h.0.inputs" into its site ("h.0", "input") and what it projects ("inputs")."""
-    site = site_of(target)
-    return (site.path, site.hook), site.kind
 
 
 @dataclass
@@ -60,10 +54,12 @@ class Plan:
             elif node.op is Op.RESULT:
                 plan.sites[node.id] = (("", RESULT), RESULT)
                 plan.reads_result = True
-            elif node.op in HOOKED:
-                site, kind = parse_target(node.target)
+            elif node.site is not None:  # a READ, WRITE or SKIP: "h.0.inputs" is at
+                # ("h.0", "input") and projects "inputs"
+                kind = node.site.kind
+                site = (node.site.path, node.site.hook)
                 plan.sites[node.id] = (site, kind)
-                if site_of(node.target).in_source:
+                if node.site.in_source:
                     parts = site[0].split(".source.")
                     plan.sources.add(parts[0])
                     for depth in range(2, len(parts)):

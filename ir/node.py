@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, final
 
 from .ops import Op
+from .sites import SITED_OPS, SiteOf, site_of
 
 
 @final  # exact `type(arg) is Ref` checks (the executors' fast path) then narrow for mypy
@@ -88,7 +89,8 @@ class Node(NamedTuple):
     """One intervention step. Holds no tensors: constants live in the graph's table.
 
     Immutable; a NamedTuple rather than a dataclass because traces create many nodes and a
-    tuple is several times cheaper to build.
+    tuple is several times cheaper to build. A READ, WRITE or SKIP node carries its hook site
+    (`site`), made from its target when the node is made; other nodes have None.
     """
 
     id: int
@@ -100,6 +102,7 @@ class Node(NamedTuple):
     step: int = 0
     loc: SourceLoc | None = None
     guard: Ref | None = None  # runs only when this value is true (inside `if proxy:`)
+    site: SiteOf | None = None  # a sited op's hook site (`ir.sites`): set when it is made
 
     def __str__(self) -> str:
         parts = [_format(a) for a in self.args]
@@ -115,6 +118,32 @@ class Node(NamedTuple):
         yield from refs((self.args, self.kwargs))
         if self.guard is not None:
             yield self.guard
+
+
+_generated_new = Node.__new__
+
+
+def _new(
+    cls: type[Node],
+    id: int,
+    op: Op,
+    target: str = "",
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] = _NO_KWARGS,
+    invoke: int = 0,
+    step: int = 0,
+    loc: SourceLoc | None = None,
+    guard: Ref | None = None,
+    site: SiteOf | None = None,
+) -> Node:
+    """Node(...): a sited op's site is made from its target here (the recorder, whose hot path
+    builds nodes from a tuple, makes it the same way)."""
+    if site is None and op in SITED_OPS:
+        site = site_of(target)
+    return _generated_new(cls, id, op, target, args, kwargs, invoke, step, loc, guard, site)
+
+
+Node.__new__ = _new  # type: ignore[method-assign,assignment]
 
 
 def _format(value: Any) -> str:

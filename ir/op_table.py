@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .node import Const, Ref
 from .ops import Op
-from .sites import site_of
+from .sites import SITED_OPS
 
 if TYPE_CHECKING:
     from .node import Node
@@ -58,12 +58,14 @@ def _site_problem(node: Node) -> str:
             f"has target {target!r}: {_OLD_TARGETS[target]} now (ir.wire reads a payload of "
             "schema version 2 or older as such)"
         )
-    site = site_of(target)
+    site = node.site
+    if site is None:  # built from a tuple without its site: only Node() and the recorder make one
+        return f"has target {target!r} but no hook site (make nodes with Node(...))"
     kinds = _SITE_KINDS[node.op]
     if site.kind not in kinds:
         allowed = ", ".join(sorted(kinds))
         return f"has target {target!r}, which does not end in one of: {allowed}"
-    if "." in target and not all(site.path.split(".")):
+    if site.empty_part:
         return f"has target {target!r}, whose module path has an empty part"
     if node.op is Op.READ:
         return f"has {len(node.args)} argument(s), but a module read takes none" * bool(node.args)
@@ -244,6 +246,12 @@ OPS: Final[Mapping[Op, OpSpec]] = {
     ),
     # a module may keep state (running statistics) or change its input
     Op.CALL_MODULE: OpSpec("module", (0, None), "any", True, True, False, True, _BOX),
+    # the `if` merge: a variable after `if proxy:` (nnsight_graph.conditions)
+    Op.SELECT: OpSpec(
+        "none", (3, 3), "any", False, False, False, True,
+        {"shape": "diamond", "style": "filled"}, None,
+        "must have three arguments: the condition, the value if it holds, the value if not",
+    ),
     # the client runs its block (prints, plots) even when nothing uses its value
     Op.LOCAL: OpSpec("name", (0, None), "any", True, True, False, True, _BOX, _local_problem),
 }  # fmt: skip
@@ -264,7 +272,9 @@ VALUED: Final = frozenset(op for op, spec in OPS.items() if spec.valued)
 gradient sites of its backward pass (args[1] of a READ_GRAD or WRITE_GRAD)."""
 
 SITED: Final = frozenset(op for op, spec in OPS.items() if spec.target == "site")
-"""Ops whose target is a module's hook site (READ, WRITE, SKIP: `ir.sites.site_of`)."""
+"""Ops whose target is a module's hook site (READ, WRITE, SKIP): their nodes carry `site`."""
+if SITED != SITED_OPS:  # Node() and the recorder make a site for exactly these ops
+    raise AssertionError(f"ir.sites.SITED_OPS is not the op table's sited ops: {sorted(SITED)}")
 
 GRADIENTS: Final = frozenset({Op.READ_GRAD, Op.WRITE_GRAD})
 """Ops at a gradient site: args[0] is the value, args[1] the BACKWARD node of its pass."""

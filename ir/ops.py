@@ -32,6 +32,8 @@ class Op(str, enum.Enum):
     CACHE = "cache"  # keep every value of the modules kwargs["paths"] while the model runs
     CALL_MODULE = "call_module"  # call the model's module at target (a path) on args; its
     # hooks do not see the call, so it is not one of the module's steps
+    SELECT = "select"  # args[1] when args[0] (the condition) holds, else args[2]: a variable
+    # after `if proxy:` (schema version 3 wrote it as a CALL of nnsight_graph.ir.functions.select)
     LOCAL = "local"  # an nnsight.local() block: send args (kwargs["inputs"]: their node ids)
     # to the client, which runs the block; its value is {node id: value} for kwargs["outputs"]
 

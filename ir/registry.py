@@ -93,7 +93,6 @@ FUNCTIONS: Final[dict[str, frozenset[str]]] = {
     "operator": _names(_OPERATOR),
     "math": _names(_PYTHON_MATH),
     "builtins": _names(_BUILTINS),
-    "nnsight_graph.ir.functions": frozenset({"select"}),
 }
 """Importable module -> the function names a graph may call in it."""
 

@@ -535,6 +535,9 @@ LEGACY_SITES: dict[tuple[Op, str], tuple[Op, str]] = {
 }
 """(op, target) of a schema version 1 or 2 node -> the op it is now, with its target."""
 
+LEGACY_SELECT: tuple[Op, str] = (Op.CALL, "nnsight_graph.ir.functions.select")
+"""How schema version 3 and older wrote the `if` merge; read as a SELECT node."""
+
 
 class _Decoder:
     """Rebuilds a Graph from a validated model, checking what the schema alone cannot."""
@@ -549,6 +552,7 @@ class _Decoder:
     ) -> None:
         self.sessions = sessions  # a trace of a session: TraceRef constants are allowed
         self.legacy = version < 3  # result and gradients were read/write targets then
+        self.before_select = version < 4  # the `if` merge was a CALL then
         self.model = model
         self.tensors = tensors
         self.limits = limits
@@ -602,6 +606,14 @@ class _Decoder:
         op, target = model.op, model.target
         if self.legacy:
             op, target = LEGACY_SITES.get((op, target), (op, target))
+        if self.before_select:
+            if (op, target) == LEGACY_SELECT:
+                op, target = Op.SELECT, ""
+            elif op is Op.SELECT:
+                raise WireFormatError(
+                    f"{where} is a select node, which schema version 4 added; the payload says "
+                    "it is older (write it again with this nnsight_graph)"
+                )
         return Node(model.id, op, target, args, kwargs, model.invoke, model.step, loc, guard)
 
     def invoke(self, model: InvokeModel) -> Invoke:

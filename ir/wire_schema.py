@@ -15,13 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from .node import MAX_SOURCE_TEXT
 from .ops import Op
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2 added session payloads (SessionModel) and the trace_ref constant, then a graph's optional
 grad_mode (written only when it is set). 3 gave the model's result and gradients ops of their
 own: `result`, `read_grad`, `write_grad`, where 1 and 2 wrote a `read` or `write` node with
 target "result" or "grad"; payloads of versions 1 and 2 are still read, those nodes mapped to
-the new ops (`ir.wire.LEGACY_SITES`)."""
-READABLE_VERSIONS = frozenset({1, 2, 3})
+the new ops (`ir.wire.LEGACY_SITES`). 4 gave the `if` merge an op of its own, `select` (args:
+condition, value if it holds, value if not), where 3 wrote a `call` of
+"nnsight_graph.ir.functions.select"; a payload of version 3 or older is read with that call
+as a `select` (`ir.wire.LEGACY_SELECT`). Version 4 also carries the optional keyword of `local`
+nodes added with it."""
+READABLE_VERSIONS = frozenset({1, 2, 3, 4})
 
 __all__ = [
     "READABLE_VERSIONS",

@@ -50,9 +50,7 @@ class Branch:
         if_true, if_false = self.after_then[name], self.after_else[name]
         if if_true is if_false:
             return if_true
-        merged = self.recorder.proxy(
-            Op.CALL, "nnsight_graph.ir.functions.select", (self.condition, if_true, if_false)
-        )
+        merged = self.recorder.proxy(Op.SELECT, "", (self.condition, if_true, if_false))
         saved = self.recorder.saved_ids
         if any(isinstance(v, Proxy) and v._nn_id in saved for v in (if_true, if_false)):
             self.recorder.save(merged)

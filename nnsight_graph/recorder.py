@@ -28,6 +28,7 @@ from .ir import (
 from .ir.errors import InvokeError
 from .ir.functions import UNSET
 from .ir.node import MAX_SOURCE_TEXT
+from .ir.sites import SITED_OPS, site_of
 from .proxy import Proxy
 
 # Nodes and invokes are NamedTuples; building them from a tuple skips the generated Python
@@ -142,8 +143,9 @@ class Recorder:
         if self.optional_from is not None and self.step >= self.optional_from:
             self.mark_optional(id)
         loc = user_location(skip=2)
+        site = site_of(target) if op in SITED_OPS else None  # the node's typed hook site
         nodes.append(
-            _new_node((id, op, target, args, kwargs, self.invoke, self.step, loc, self.guard))
+            _new_node((id, op, target, args, kwargs, self.invoke, self.step, loc, self.guard, site))
         )
         return id
 

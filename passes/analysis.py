@@ -3,8 +3,7 @@ annotate nodes."""
 
 from __future__ import annotations
 
-from ..ir import SITED, Graph, Op
-from ..ir.sites import site_of
+from ..ir import Graph, Op
 
 
 def needed_hooks(graph: Graph) -> dict[str, set[str]]:
@@ -15,8 +14,8 @@ def needed_hooks(graph: Graph) -> dict[str, set[str]]:
     """
     hooks: dict[str, set[str]] = {}
     for node in graph.nodes:
-        if node.op in SITED:
-            site = site_of(node.target)
+        if node.site is not None:
+            site = node.site
             hooks.setdefault(site.module, set()).add(site.hook)
         elif node.op is Op.CACHE:
             for path in node.kwargs.get("paths", ()):

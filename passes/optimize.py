@@ -136,7 +136,7 @@ def _can_merge(node: Node) -> bool:
             return is_pure_call(node) and not has_effect(node) and not is_random(node)
         case Op.METHOD:
             return not has_effect(node) and not is_random(node)
-        case Op.GETATTR | Op.GETITEM:
+        case Op.GETATTR | Op.GETITEM | Op.SELECT:
             return True
         case _:
             return False

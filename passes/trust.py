@@ -15,7 +15,7 @@ from ..ir import SITED, Graph, Node, Op
 from ..ir.errors import add_note
 from ..ir.limits import LOCAL, Limits
 from ..ir.registry import METHODS, RegistryError, check_function
-from ..ir.sites import VALUE_KINDS, site_of
+from ..ir.sites import VALUE_KINDS
 from .verify import verify
 
 _METHOD_NAMES: Final = frozenset().union(*METHODS.values())
@@ -103,7 +103,7 @@ def _check_node(node: Node, module_paths: Collection[str]) -> None:
             if node.target.startswith("_") or not node.target.isidentifier():
                 raise RegistryError(f"the attribute name {node.target!r} is never allowed")
         elif op in SITED:
-            _check_site(node.target, module_paths)
+            _check_site(node, module_paths)
         elif op is Op.CALL_MODULE:
             _check_path(node.target, module_paths)
         elif op is Op.CACHE:
@@ -125,9 +125,9 @@ def _check_name(name: str, allowed: frozenset[str], what: str) -> None:
         )
 
 
-def _check_site(target: str, module_paths: Collection[str]) -> None:
-    site = site_of(target)
-    if site.kind not in VALUE_KINDS:
+def _check_site(node: Node, module_paths: Collection[str]) -> None:
+    site, target = node.site, node.target
+    if site is None or site.kind not in VALUE_KINDS:
         raise RegistryError(
             f"{target!r} is not a hook site (a module path and one of "
             f"{', '.join(sorted(VALUE_KINDS))})"

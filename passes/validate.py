@@ -14,14 +14,13 @@ from ..ir import (
     Ref,
     ValidationError,
 )
-from ..ir.sites import site_of
 from .facts import ModelFacts, Site
 from .optimize import eliminate_dead_nodes
 
 
-def _site(target: str) -> Site:
-    site = site_of(target)
-    return (site.path, site.hook)
+def _site(node: Node) -> Site:
+    site = node.site
+    return ("", "") if site is None else (site.path, site.hook)
 
 
 def _name(target: str) -> str:
@@ -39,7 +38,7 @@ def check_module_order(graph: Graph, facts: ModelFacts | None) -> Graph:
     for node in graph.nodes:
         if node.op not in SITED or node.id not in live:
             continue
-        position = facts.order.get(_site(node.target))
+        position = facts.order.get(_site(node))
         if position is None:
             continue
         key = (node.invoke, node.step)
@@ -62,14 +61,14 @@ def check_batch_slices(graph: Graph, facts: ModelFacts | None) -> Graph:
     tensor_outputs = facts.tensor_outputs if facts is not None else frozenset()
     reads: dict[int, Node] = {}
     for node in graph.nodes:
-        if node.op is Op.READ and _module_value(node.target, "output") in tensor_outputs:
+        if node.op is Op.READ and _module_value(node, "output") in tensor_outputs:
             reads[node.id] = node
         owned = rows.get(node.invoke)
         if owned is None:
             continue
         if node.op is Op.GETITEM and isinstance(node.args[0], Ref) and node.args[0].id in reads:
             _check_index(node, node.args[1], owned)
-        if node.op is Op.WRITE and _module_value(node.target, "output") in tensor_outputs:
+        if node.op is Op.WRITE and _module_value(node, "output") in tensor_outputs:
             _check_write(graph, node, owned)
     return graph
 
@@ -140,11 +139,11 @@ def check_skips(graph: Graph, facts: ModelFacts | None) -> Graph:
     reads: dict[tuple[str, int, int], Node] = {}
     for node in graph.nodes:
         if node.op is Op.READ:
-            path = _module_value(node.target, "output")
+            path = _module_value(node, "output")
             if path is not None:
                 reads.setdefault((path, node.invoke, node.step), node)
         elif node.op is Op.SKIP:
-            path = _module_value(node.target, "skip")
+            path = _module_value(node, "skip")
             read = reads.get((path, node.invoke, node.step)) if path is not None else None
             if read is not None:
                 raise ValidationError(
@@ -155,8 +154,8 @@ def check_skips(graph: Graph, facts: ModelFacts | None) -> Graph:
     return graph
 
 
-def _module_value(target: str, kind: str) -> str | None:
-    """The module path of a hook target of this kind, outside `.source` call sites ("h.0.output"
-    -> "h.0", "output" -> ""); None for any other target."""
-    site = site_of(target)
-    return site.path if site.kind == kind and not site.in_source else None
+def _module_value(node: Node, kind: str) -> str | None:
+    """The module path of a node's hook site of this kind, outside `.source` call sites
+    ("h.0.output" -> "h.0", "output" -> ""); None for any other node."""
+    site = node.site
+    return site.path if site is not None and site.kind == kind and not site.in_source else None

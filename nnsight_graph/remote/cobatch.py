@@ -26,7 +26,6 @@ from ..ir.errors import WireFormatError
 from ..ir.limits import Limits
 from ..ir.results import dumps_results
 from ..ir.session import SessionGraph
-from ..ir.sites import site_of
 from ..ir.wire import loads_any
 from .execution import rows_of, run_graph
 
@@ -49,8 +48,8 @@ def merge_key(graph: Graph, widths: list[int] | None) -> str | None:
         if node.op in _ALONE or node.invoke < 0:
             return None
         if node.op in (Op.READ, Op.WRITE):
-            site = site_of(node.target)
-            if site.kind not in _ROW_SITES or site.in_source or not site.path:
+            site = node.site
+            if site is None or site.kind not in _ROW_SITES or site.in_source or not site.path:
                 return None
     options = json.dumps(graph.options, sort_keys=True, default=repr)
     return f"{graph.method}|{widths[0]}|{options}"

@@ -167,7 +167,7 @@ def test_a_version_1_graph_payload_is_still_read():
     container = zstandard.ZstdDecompressor().decompress(payload)
     length = int.from_bytes(container[8:16], "little")
     header = json.loads(container[16 : 16 + length])
-    assert header["schema_version"] == SCHEMA_VERSION == 3
+    assert header["schema_version"] == SCHEMA_VERSION == 4
     header["schema_version"] = 1
     text = json.dumps(header).encode()
     old = MAGIC + len(text).to_bytes(8, "little") + text + container[16 + length :]

@@ -132,7 +132,9 @@ def _outcome(graph: Graph) -> str:
         verify(graph)
     except NNsightError:
         return "refused by verify"
-    assert str(loads(dumps(graph))) == str(graph)  # every op it accepts goes over the wire
+    decoded = loads(dumps(graph))
+    assert str(decoded) == str(graph)  # every op it accepts goes over the wire
+    assert [n.site for n in decoded.nodes] == [n.site for n in graph.nodes]  # and its sites
     try:
         _model().run(graph)
     except NNsightError as error:
@@ -151,10 +153,14 @@ def test_generated_graphs_that_verify_accepts_run_or_raise_a_named_error():
     graphs = _Graphs(seed=0)
     outcomes: dict[str, int] = {}
     for _ in range(_COUNT):
-        outcome = _outcome(graphs.graph())
+        graph = graphs.graph()
+        outcome = _outcome(graph)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if outcome == "ran" and any(node.op is Op.SELECT for node in graph.nodes):
+            outcomes["ran a select"] = outcomes.get("ran a select", 0) + 1
     assert {"refused by verify", "ran", "own error"} <= set(outcomes), outcomes
     assert outcomes["ran"] >= 30, outcomes
+    assert outcomes.get("ran a select", 0) >= 3, outcomes  # the `if` merge, among the rest
 
 
 @pytest.mark.parametrize(

@@ -172,7 +172,7 @@ def test_if_that_assigns_in_one_branch_only_can_be_sent():
 
 def test_json_schema_names_the_version():
     schema = json_schema()
-    assert schema["properties"]["schema_version"]["default"] == SCHEMA_VERSION == 3
+    assert schema["properties"]["schema_version"]["default"] == SCHEMA_VERSION == 4
     assert {"nodes", "constants", "invokes", "optional", "method", "options"} <= set(
         schema["properties"]
     )
@@ -182,7 +182,7 @@ def test_json_schema_names_the_version():
 # the bytes of a payload -----------------------------------------------------------------------
 
 PINNED_HEADER = (
-    '{"schema_version":3,"nodes":[{"id":0,"op":"read","target":"layer1.output",'
+    '{"schema_version":4,"nodes":[{"id":0,"op":"read","target":"layer1.output",'
     '"loc":{"file":"demo.py","line":3}},{"id":1,"op":"call","target":"torch.mul",'
     '"args":[{"kind":"ref","id":0},{"kind":"const","index":0}],'
     '"kwargs":{"alpha":{"kind":"float","value":1.5}},"invoke":1,"step":2,"guard":0},'
@@ -458,7 +458,7 @@ def _edit(edit) -> bytes:
         (lambda h: h["invokes"][0]["args"].append({"kind": "ref", "id": 0}), "node reference"),
         (lambda h: h["options"].update(x={"kind": "ref", "id": 0}), "node reference"),
         (lambda h: h.update(optional=[12345]), "optional names nodes"),
-        (lambda h: h.update(schema_version=4), "schema version 4.*upgrade nnsight_graph"),
+        (lambda h: h.update(schema_version=5), "schema version 5.*upgrade nnsight_graph"),
         (lambda h: h.update(schema_version=0), "schema version 0"),
         (lambda h: h.update(kind="session", schema_version=1), "sessions start at version 2"),
         (
