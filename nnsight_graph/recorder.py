@@ -27,7 +27,7 @@ from .ir import (
 )
 from .ir.errors import InvokeError
 from .ir.functions import UNSET
-from .ir.node import MAX_SOURCE_TEXT
+from .ir.node import MAX_SOURCE_TEXT, is_literal
 from .proxy import Proxy
 
 # Nodes and invokes are NamedTuples; building them from a tuple skips the generated Python
@@ -188,6 +188,8 @@ class Recorder:
             return value
         if isinstance(value, _Tensor):
             return self.constant(value)
+        if kind is tuple and is_literal(value):  # an index like [:, :, 3]: kept as it is
+            return value
         if kind is tuple or kind is list:
             return kind(self.encode(v) for v in value)
         if kind is dict or isinstance(value, Mapping):  # tokenizer output too (BatchEncoding)
