@@ -131,6 +131,13 @@ class Recorder:
         encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else NO_KWARGS
         return self.append(op, target, encoded_args, encoded_kwargs)
 
+    def add_item(self, op: Op, args: tuple[Any, ...]) -> int:
+        """`add` for GETITEM and SETITEM (the proxy's `[...]`): a literal key or value (an int,
+        a slice, a tuple of them) is kept without encoding, the common edit `h[:, :, c] = 0`."""
+        encode = self.encode
+        encoded = tuple([a if is_literal(a) else encode(a) for a in args])
+        return self.append(op, "", encoded, NO_KWARGS)
+
     def append(self, op: Op, target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         """Append a node whose arguments are encoded already; return its id.
 
