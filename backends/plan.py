@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..ir import GRADIENTS, Const, Graph, Node, Op, Ref
+from ..ir import GRADIENTS, Const, Graph, Node, Op, Ref, is_literal
 from ..ir.sites import GRAD, RESULT
 from .caching import CacheSpec
 
@@ -78,7 +78,7 @@ class Plan:
             plan.inputs[node.id] = ids
             for id in ids:
                 plan.uses[id] = plan.uses.get(id, 0) + 1
-            if not node.kwargs and all(type(a) in _FLAT for a in node.args):
+            if not node.kwargs and all(type(a) in _FLAT or is_literal(a) for a in node.args):
                 plan.flat.add(node.id)
             if node.invoke < 0:
                 plan.tail_nodes.append(node)

@@ -34,7 +34,7 @@ class Step(NamedTuple):
     """A node that needs no hook, with what the run does around it."""
 
     node: Node
-    flat: bool  # its arguments are all Refs, Consts or plain scalars
+    flat: bool  # its arguments are all Refs, Consts or literals (ir.is_literal), no kwargs
     keep: bool  # a later node uses its value
     frees: tuple[int, ...]  # the values whose last use it is
 

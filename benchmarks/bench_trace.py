@@ -42,12 +42,17 @@ import torch
 from common import RunResult, fmt2, import_library, ratio, run_nnsight_subprocess, versions
 
 GPT2_LAYERS = 12
+EDIT_LAYERS = 2  # the many-edits cases: a 2-layer GPT-2 ...
+EDITS = 2000  # ... with this many `hidden[:, :, c] = 0` edits, half per layer
+EDIT_WIDTH = 64
 ROUNDS = 20  # timing rounds; the columns are interleaved round by round
 OVERHEAD_TARGET = 0.5  # walkthrough-net: our overhead <= half of nnsight's
 FLOOR_TARGET = 1.10  # gpt2-12x64: our trace <= 1.10x the hook floor
 TARGETS = {  # case -> (comparison key, limit, description)
     "walkthrough-net": ("overhead_ours_over_nnsight", OVERHEAD_TARGET, "overhead/nnsight's"),
     "gpt2-12x64": ("ours_over_floor", FLOOR_TARGET, "trace/floor"),
+    "edits-2000-one-read": ("ours_over_floor", 1.3, "trace/floor"),
+    "edits-2000-read-each": ("ours_over_floor", 1.3, "trace/floor"),
 }
 
 
@@ -61,6 +66,7 @@ class Case:
     saved: list[torch.nn.Module]
     trace: Callable[[Any, torch.Tensor], list[Any]]
     iters: int
+    floor: Callable[[Case], list[Any]] | None = None  # the hooked floor, when not "save outputs"
 
 
 @dataclass
@@ -104,6 +110,57 @@ def trace_gpt2(model: Any, x: torch.Tensor) -> list[Any]:
     return outs
 
 
+def edit_channels() -> list[int]:
+    """The channel of each edit in one layer: 0, 1, ... wrapping at the width."""
+    return [k % EDIT_WIDTH for k in range(EDITS // EDIT_LAYERS)]
+
+
+def trace_edits_one_read(model: Any, x: torch.Tensor) -> list[Any]:
+    """Read each block's output once, then zero one channel per edit; save the final norm."""
+    with model.trace(x):
+        for i in range(EDIT_LAYERS):
+            hidden = model.transformer.h[i].output
+            for c in edit_channels():
+                hidden[:, :, c] = 0
+        out = model.transformer.ln_f.output.save()
+    return [out]
+
+
+def trace_edits_read_each(model: Any, x: torch.Tensor) -> list[Any]:
+    """The same edits, reading the block's ``.output`` again for each one."""
+    with model.trace(x):
+        for i in range(EDIT_LAYERS):
+            for c in edit_channels():
+                model.transformer.h[i].output[:, :, c] = 0
+        out = model.transformer.ln_f.output.save()
+    return [out]
+
+
+def hooked_edits(case: Case) -> list[Any]:
+    """The many-edits floor: a forward hook per block doing the same edits in place, and one
+    on the final norm keeping its output; registered and removed every iteration."""
+    store: list[Any] = []
+    channels = edit_channels()
+
+    def edit(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        for c in channels:
+            output[:, :, c] = 0
+
+    def keep(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        store.append(output)
+
+    blocks = case.net.transformer.h  # type: ignore[union-attr]
+    handles = [blocks[i].register_forward_hook(edit) for i in range(EDIT_LAYERS)]
+    handles.append(case.net.transformer.ln_f.register_forward_hook(keep))  # type: ignore[union-attr]
+    try:
+        with torch.no_grad():
+            case.net(case.x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return store
+
+
 # --------------------------------------------------------------------------- cases
 
 
@@ -127,6 +184,27 @@ def gpt2_case(iters: int) -> Case:
     return Case("gpt2-12x64", net, ids, saved, trace_gpt2, iters)
 
 
+def edits_cases(iters: int) -> list[Case]:
+    """A random-init 2-layer, 64-wide GPT-2 (vocabulary 1000) on 64 ids, with 2,000 edits."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=EDIT_LAYERS, n_embd=EDIT_WIDTH, n_head=4, vocab_size=1000,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    net = transformers.GPT2LMHeadModel(config).eval().requires_grad_(False)
+    ids = torch.randint(0, config.vocab_size, (1, 64))
+    saved = [net.transformer.ln_f]
+    return [
+        Case(name, net, ids, saved, body, iters, hooked_edits)
+        for name, body in (
+            ("edits-2000-one-read", trace_edits_one_read),
+            ("edits-2000-read-each", trace_edits_read_each),
+        )
+    ]
+
+
 def build_cases(quick: bool) -> tuple[list[Case], dict[str, str]]:
     """The benchmark cases; a case that cannot be built is reported by name -> error."""
     scale = 10 if quick else 1
@@ -136,6 +214,10 @@ def build_cases(quick: bool) -> tuple[list[Case], dict[str, str]]:
         cases.append(gpt2_case(200 // scale))
     except Exception as exc:  # noqa: BLE001 - e.g. transformers missing in that venv
         errors["gpt2-12x64"] = f"{type(exc).__name__}: {exc}"
+    try:
+        cases.extend(edits_cases(60 // scale))
+    except Exception as exc:  # noqa: BLE001
+        errors["edits-2000"] = f"{type(exc).__name__}: {exc}"
     return cases, errors
 
 
@@ -149,7 +231,10 @@ def raw_forward(net: torch.nn.Module, x: torch.Tensor) -> Any:
 
 
 def hooked_forward(case: Case) -> list[Any]:
-    """The floor: one forward hook per saved module storing its output, removed afterwards."""
+    """The floor: one forward hook per saved module storing its output, removed afterwards
+    (or the case's own floor)."""
+    if case.floor is not None:
+        return case.floor(case)
     store: list[Any] = []
 
     def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:

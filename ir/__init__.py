@@ -23,7 +23,7 @@ from .errors import (
     WireFormatError,
 )
 from .graph import Graph, Invoke
-from .node import Const, Node, Ref, SourceLoc, const, map_args, ref, refs
+from .node import Const, Node, Ref, SourceLoc, const, is_literal, map_args, ref, refs
 from .op_table import EFFECTFUL, GRADIENTS, HOOKED, OPS, READS, SITED, VALUED
 from .ops import Op
 from .session import SessionGraph, TraceRef
@@ -65,6 +65,7 @@ __all__ = [
     "has_effect",
     "mutates",
     "ref",
+    "is_literal",
     "map_args",
     "refs",
 ]

@@ -178,6 +178,31 @@ def map_args(value: Any, leaf: Callable[[Ref | Const], Any]) -> Any:
     return value
 
 
+_LITERAL_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, type(Ellipsis)})
+
+
+def is_literal(value: Any) -> bool:
+    """Whether an argument is stored and passed as it is: it holds no Ref or Const and cannot
+    change (None, bool, int, float, complex, str, bytes, Ellipsis, and slices and tuples of
+    them: an index like `[:, :, 3]`). Lists and dicts are never literal: a call may mutate them,
+    so each run gets its own copy."""
+    kind = type(value)
+    if kind in _LITERAL_TYPES:
+        return True
+    if kind is slice:
+        return (
+            type(value.start) in _LITERAL_TYPES
+            and type(value.stop) in _LITERAL_TYPES
+            and type(value.step) in _LITERAL_TYPES
+        )
+    if kind is tuple:
+        for item in value:
+            if type(item) not in _LITERAL_TYPES and not is_literal(item):
+                return False
+        return True
+    return False
+
+
 def refs(value: Any) -> Iterator[Ref]:
     """Every Ref inside an argument, however deeply nested in tuples, lists, dicts, slices."""
     if isinstance(value, Ref):

@@ -91,10 +91,11 @@ class Proxy:
         return recorder.proxy(Op.METHOD, "__call__", (self, *args), **kwargs)
 
     def __getitem__(self, key: Any) -> Proxy:
-        return self._nn_recorder.proxy(Op.GETITEM, "", (self, key))
+        recorder = self._nn_recorder
+        return Proxy(recorder, recorder.add_item(Op.GETITEM, (self, key)))
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._nn_recorder.add(Op.SETITEM, "", (self, key, value))
+        self._nn_recorder.add_item(Op.SETITEM, (self, key, value))
 
     @classmethod
     def __torch_function__(

@@ -27,7 +27,7 @@ from .ir import (
 )
 from .ir.errors import InvokeError
 from .ir.functions import UNSET
-from .ir.node import MAX_SOURCE_TEXT
+from .ir.node import MAX_SOURCE_TEXT, is_literal
 from .ir.sites import SITED_OPS, site_of
 from .proxy import Proxy
 
@@ -132,6 +132,13 @@ class Recorder:
         encoded_kwargs = {k: encode(v) for k, v in kwargs.items()} if kwargs else NO_KWARGS
         return self.append(op, target, encoded_args, encoded_kwargs)
 
+    def add_item(self, op: Op, args: tuple[Any, ...]) -> int:
+        """`add` for GETITEM and SETITEM (the proxy's `[...]`): a literal key or value (an int,
+        a slice, a tuple of them) is kept without encoding, the common edit `h[:, :, c] = 0`."""
+        encode = self.encode
+        encoded = tuple([a if is_literal(a) else encode(a) for a in args])
+        return self.append(op, "", encoded, NO_KWARGS)
+
     def append(self, op: Op, target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         """Append a node whose arguments are encoded already; return its id.
 
@@ -190,6 +197,8 @@ class Recorder:
             return value
         if isinstance(value, _Tensor):
             return self.constant(value)
+        if kind is tuple and is_literal(value):  # an index like [:, :, 3]: kept as it is
+            return value
         if kind is tuple or kind is list:
             return kind(self.encode(v) for v in value)
         if kind is dict or isinstance(value, Mapping):  # tokenizer output too (BatchEncoding)
