@@ -65,8 +65,8 @@ def model(net: torch.nn.Sequential) -> nnsight.NNsight:
 
 @pytest.fixture
 def declared(monkeypatch: pytest.MonkeyPatch) -> list[list[dict]]:
-    """The declarations (nnsight_graph.local_shapes) of the LOCAL nodes of each trace that runs
-    elsewhere, one list per trace, in order."""
+    """The declarations (nnsight_graph.local_shapes) of the LOCAL nodes of each trace with
+    nnsight.local() blocks that runs elsewhere, one list per trace, in order."""
     import nnsight_graph.tracer as tracer_module
 
     seen: list[list[dict]] = []
@@ -74,8 +74,9 @@ def declared(monkeypatch: pytest.MonkeyPatch) -> list[list[dict]]:
 
     def spy(*args: Any) -> Any:
         graph = real(*args)
-        seen.append([e for n in graph.nodes if n.op.value == "local"
-                     for e in n.kwargs.get("declared", [])])
+        locals_ = [n for n in graph.nodes if n.op.value == "local"]
+        if locals_:  # a trace without blocks (a local reference, run remote when forced) is not
+            seen.append([e for n in locals_ for e in n.kwargs.get("declared", [])])
         return graph
 
     monkeypatch.setattr(tracer_module, "declare", spy)
