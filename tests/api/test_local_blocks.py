@@ -168,6 +168,17 @@ def test_a_value_the_pass_cannot_decide_is_unknown_and_still_sent(llm, declared)
     assert torch.allclose(logits, expected, rtol=1e-5)
 
 
+def _write_a_block_value(llm):
+    """A remote trace that writes what its block made into the run, then prints."""
+    with llm.trace(PROMPT, remote="local"):
+        hidden = llm.transformer.h[1].output
+        with nnsight.local():
+            doubled = hidden * 2
+        llm.transformer.h[1].output[:] = doubled
+        print("after the block", llm.transformer.h[2].output.shape)
+        llm.lm_head.output.save()
+
+
 def test_a_block_value_of_another_shape_is_not_sent(llm, monkeypatch, capsys):
     from nnsight_graph.local import LocalBlock
 
@@ -180,13 +191,7 @@ def test_a_block_value_of_another_shape_is_not_sent(llm, monkeypatch, capsys):
 
     monkeypatch.setattr(LocalBlock, "run", shrunk)
     with pytest.raises(nnsight.NNsightError) as caught:
-        with llm.trace(PROMPT, remote="local"):
-            hidden = llm.transformer.h[1].output
-            with nnsight.local():
-                doubled = hidden * 2
-            llm.transformer.h[1].output[:] = doubled
-            print("after the block", llm.transformer.h[2].output.shape)
-            llm.lm_head.output.save()
+        _write_a_block_value(llm)
     message = str(caught.value)
     assert "test_local_blocks.py:" in message and "doubled = hidden * 2" in message
     assert "shape [1, 8, 3]" in message and "shape [1, 8, 128] and dtype floating" in message
@@ -202,13 +207,7 @@ def test_the_run_refuses_a_block_value_that_is_not_what_was_declared(llm, monkey
 
     monkeypatch.setattr(LocalBlocks, "handle", lying)
     with pytest.raises(nnsight.ExecutionError) as caught:
-        with llm.trace(PROMPT, remote="local"):
-            hidden = llm.transformer.h[1].output
-            with nnsight.local():
-                doubled = hidden * 2
-            llm.transformer.h[1].output[:] = doubled
-            print("after the block", llm.transformer.h[2].output.shape)
-            llm.lm_head.output.save()
+        _write_a_block_value(llm)
     message = str(caught.value)
     assert "test_local_blocks.py:" in message
     assert "a tensor of shape [3] and dtype int32" in message
